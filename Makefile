@@ -1,0 +1,80 @@
+# segnet: decoder ablation for U-Nets on TGS salt. `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# User knobs (all optional): make train DECODER=upsampling EPOCHS=3 DATA=data/tgs CONFIG=configs/tgs.yaml ARGS="train.batch_size=16"
+DECODER ?=
+EPOCHS ?=
+DATA ?=
+CONFIG ?=
+ARGS ?=
+RESUME ?=
+RUN ?=
+IMAGES ?= data/synthetic/test/images
+OUT ?= submission.csv
+SEEDS ?=
+JOBS ?=
+TTA ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+# Overrides assembled from the knobs above (empty knobs add nothing).
+OVR := $(if $(DECODER),model.decoder=$(DECODER)) $(if $(EPOCHS),train.epochs=$(EPOCHS)) \
+       $(if $(DATA),data.dir=$(DATA)) $(if $(RESUME),train.resume=true) $(ARGS)
+CFG := $(if $(CONFIG),--config $(CONFIG))
+
+.PHONY: help install data test test-all lint train shapes evaluate predict ablate bench ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install segnet with its dev tools (every target does this first)
+
+data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist, else explain how and generate data/synthetic
+	$(PY) -m segnet data get
+
+test: $(STAMP) ## run the fast test suite (tiny synthetic inputs, a few minutes on a laptop CPU)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)
+	$(PY) -m pytest -q -m ''
+
+lint: $(STAMP) ## ruff over the package and the tests
+	$(VENV)/bin/ruff check segnet tests
+
+train: $(STAMP) ## train one model: DECODER= EPOCHS= DATA= CONFIG= RESUME=1 ARGS="key=value ..."
+	$(PY) -m segnet train $(CFG) $(OVR)
+
+shapes: $(STAMP) ## print per-stage shapes and the decoder's overlap pattern: DECODER= ARGS=
+	$(PY) -m segnet shapes $(CFG) $(OVR)
+
+evaluate: $(STAMP) ## recompute every metric of a run's best model: RUN=<run id> DATA= ARGS=
+	$(PY) -m segnet evaluate --run-id $(RUN) $(OVR)
+
+predict: $(STAMP) ## write a Kaggle submission: RUN=<run id> IMAGES=<dir> OUT=submission.csv TTA=1
+	$(PY) -m segnet predict --run-id $(RUN) --images $(IMAGES) --out $(OUT) $(if $(TTA),--tta)
+
+ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS=
+	$(PY) -m segnet ablate $(CFG) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
+	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS)
+
+bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 for a short one)
+	$(PY) -m segnet bench $(if $(QUICK),--quick)
+
+ui: $(STAMP) ## serve the MLflow UI for the embedded store on $(HOST):$(PORT)
+	$(PY) -m segnet ui --host $(HOST) --port $(PORT)
+
+clean: ## remove caches and generated data (keeps .venv, mlflow.db and data/tgs)
+	rm -rf .pytest_cache .ruff_cache data/synthetic data/folds runs bench
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,8 @@
+"""segnet: which decoder should a U-Net use? Decoder ablation on TGS salt, tracked in MLflow."""
+
+import os
+
+# TensorFlow's C++ start-up chatter (oneDNN, CUDA stubs) buries segnet's own output; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

@@ -1,0 +1,315 @@
+"""Configuration: YAML files plus dotted overrides, validated strictly, frozen.
+
+``load_config(path, overrides)`` reads ``configs/base.yaml`` (every key, with defaults), then a profile
+(``path``; ``configs/quick.yaml`` when none is given), then ``key=value`` overrides. Any unknown key,
+wrong type or bad value raises ConfigError naming the key and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segnet import paths
+from segnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    hflip: float = 0.5
+    affine: float = 0.5
+    shift: float = 0.0625
+    scale: float = 0.1
+    rotate: float = 10.0
+    brightness_contrast: float = 0.5
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str | None = None
+    size: int = 112
+    resize_mode: str = "pad"
+    n_folds: int = 5
+    fold: int = 0
+    fold_seed: int = 0
+    limit: int = 0
+    synth_n: int = 1200
+    synth_seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    decoder: str = "transposed"
+    depth: int = 4
+    filters: int = 16
+    residual: bool = False
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    min_lr: float = 1e-5
+    loss: str = "bce_dice"
+    lovasz_epochs: int = 0
+    early_stopping: int = 10
+    seed: int = 42
+    strategy: str = "auto"
+    precision: str = "float32"
+    resume: bool = False
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tta: bool = True
+    threshold_search: bool = True
+    overlays: int = 6
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = None
+    experiment: str = "segnet"
+    run_name: str | None = None
+    variant: str | None = None
+    log_model: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decoder: dict = field(default_factory=dict)  # decoder options, validated against the registry
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.decoder": "transposed", ...}``: what MLflow logs as params."""
+        return _flatten(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Short hash of the resolved config, minus the keys that do not change the result."""
+        d = self.flat()
+        for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def variant(self) -> str:
+        """Human label of the decoder variant, e.g. ``transposed_k3`` or ``upsampling_bilinear``."""
+        if self.tracking.variant:
+            return self.tracking.variant
+        from segnet.models.decoders import resolve_decoder
+
+        _, opts = resolve_decoder(self.model.decoder, self.decoder)
+        short = {"kernel_size": "k", "interpolation": "", "icnr": "icnr", "groups": "g"}
+        parts = [self.model.decoder]
+        for k, v in sorted(opts.items()):
+            if isinstance(v, bool):
+                parts.append(short.get(k, k) if v else f"no{short.get(k, k)}")
+            else:
+                parts.append(f"{short.get(k, k)}{v}")
+        return "_".join(parts)
+
+    def replace(self, overrides: list[str] | tuple[str, ...]) -> Config:
+        """A new validated config with ``key=value`` overrides applied."""
+        return _from_dict(_apply_overrides(self.to_dict(), overrides))
+
+
+# Allowed values beyond the type: key -> (check, what is allowed).
+_CHOICES = {
+    "data.resize_mode": ("pad", "resize"),
+    "train.schedule": ("cosine", "plateau", "constant"),
+    "train.loss": ("bce", "dice", "bce_dice", "lovasz_hinge"),
+    "train.strategy": ("auto", "one_device", "mirrored"),
+    "train.precision": ("float32", "mixed_float16"),
+}
+_RANGES = {
+    "data.size": (32, 1024),
+    "data.n_folds": (2, 100),
+    "data.fold": (0, 99),
+    "data.limit": (0, None),
+    "data.synth_n": (8, None),
+    "model.depth": (1, 6),
+    "model.filters": (1, 1024),
+    "model.dropout": (0.0, 0.9),
+    "train.epochs": (1, 100000),
+    "train.batch_size": (1, 4096),
+    "train.lr": (1e-8, 10.0),
+    "train.min_lr": (0.0, 10.0),
+    "train.lovasz_epochs": (0, 100000),
+    "train.early_stopping": (0, 100000),
+    "train.threads": (0, 1024),
+    "eval.overlays": (0, 100),
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        key = f"{where}{k}"
+        if k not in out:
+            valid = ", ".join(f"{where}{x}" for x in out)
+            raise ConfigError(f"unknown config key '{key}' (valid here: {valid})")
+        if isinstance(out[k], dict) and out[k] and key != "decoder":
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' is a section; set its keys like {key}.<name>=...")
+            out[k] = _merge(out[k], v, key + ".")
+        elif key == "decoder":
+            if not isinstance(v, dict):
+                raise ConfigError("config key 'decoder' is a section; set decoder.<option>=...")
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _apply_overrides(d: dict, overrides) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.epochs=5)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        d = _merge(d, nested)
+    return d
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and key == "data.dir":
+            return str(value)
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _build(cls, d: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        key = f"{where}{f.name}"
+        value = d.get(f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value or {}, key + ".")
+            continue
+        if key == "decoder":
+            kwargs[f.name] = dict(value or {})
+            continue
+        value = _check_type(key, value, tp)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(_CHOICES[key])}; got {value!r}")
+        if key in _RANGES and value is not None:
+            lo, hi = _RANGES[key]
+            if value < lo or (hi is not None and value > hi):
+                allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"config key '{key}' must be {allowed}; got {value!r}")
+        if key.startswith("data.augment.") and f.name not in ("enabled", "rotate") and not 0 <= value <= 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1]; got {value!r}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _from_dict(d: dict) -> Config:
+    cfg = _build(Config, d, "")
+    if cfg.data.size < 101 and cfg.data.resize_mode == "pad":
+        raise ConfigError(
+            f"config key 'data.size' is {cfg.data.size}, smaller than the 101x101 images: "
+            "use data.resize_mode=resize or data.size >= 101"
+        )
+    if cfg.data.fold >= cfg.data.n_folds:
+        raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
+    if cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs and cfg.train.loss != "lovasz_hinge":
+        raise ConfigError(
+            f"config key 'train.lovasz_epochs' ({cfg.train.lovasz_epochs}) must be < train.epochs ({cfg.train.epochs})"
+        )
+    # Decoder name and options are checked against the registry (one place knows what each decoder takes).
+    from segnet.models.decoders import resolve_decoder
+
+    resolve_decoder(cfg.model.decoder, cfg.decoder)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """base.yaml, then the profile at ``path`` (quick.yaml when None), then the overrides."""
+    d = _read_yaml(paths.BASE_CONFIG)
+    profile = Path(path) if path else paths.QUICK_CONFIG
+    if profile.resolve() != paths.BASE_CONFIG.resolve():
+        try:
+            d = _merge(d, _read_yaml(profile))
+        except ConfigError as e:
+            raise ConfigError(f"{profile}: {e}") from None
+    d = _apply_overrides(d, overrides)
+    return _from_dict(d)
