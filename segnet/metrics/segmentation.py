@@ -152,12 +152,14 @@ def _counts_per_threshold(
     th_sorted = np.asarray(thresholds, dtype=np.float64)[order]
     # bins[i] = #{k : th_sorted[k] < p[i]}  →  p > th_sorted[k]  ⇔  bins > k
     bins = np.searchsorted(th_sorted, p.reshape(n, -1), side="left")
-    flat = (np.arange(n)[:, None] * (n_t + 1) + bins).ravel()
-    hist_all = np.bincount(flat, minlength=n * (n_t + 1)).reshape(n, n_t + 1)
-    hist_tp = np.bincount(flat, weights=t.reshape(-1), minlength=n * (n_t + 1)).reshape(n, n_t + 1)
+    # one histogram over (image, bin, truth) keys
+    key = bins * 2 + t.reshape(n, -1)
+    key += (np.arange(n) * (2 * (n_t + 1)))[:, None]
+    hist = np.bincount(key.ravel(), minlength=n * 2 * (n_t + 1)).reshape(n, n_t + 1, 2)
+    hist_all, hist_tp = hist.sum(axis=2), hist[:, :, 1]
     # count of pixels with bin > k = suffix sum from k+1
     pred_cnt = np.cumsum(hist_all[:, ::-1], axis=1)[:, ::-1][:, 1:]
-    inter_cnt = np.rint(np.cumsum(hist_tp[:, ::-1], axis=1)[:, ::-1][:, 1:]).astype(np.int64)
+    inter_cnt = np.cumsum(hist_tp[:, ::-1], axis=1)[:, ::-1][:, 1:]
     # back to the caller's threshold order
     inv = np.empty_like(order)
     inv[order] = np.arange(n_t)
@@ -175,7 +177,7 @@ def search_threshold(
     ``thresholds`` defaults to ``np.linspace(0.2, 0.8, 25)``; a pixel is salt when ``prob > t``.
     Ties go to the lowest threshold. Returns ``(best_t, best_map, table)`` where ``table`` is a
     pandas DataFrame with columns ``threshold, tgs_map, iou`` (one row per threshold, in the given
-    order). Cost: one sort-free pass over the pixels (≈0.2 s for 700 images of 101×101).
+    order). Cost: one sort-free pass over the pixels (< 1 s for 700 images of 101×101, 25 thresholds).
     """
     import pandas as pd
 
