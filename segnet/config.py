@@ -245,6 +245,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str) and value:
@@ -300,6 +305,20 @@ def _from_dict(d: dict) -> Config:
 
     resolve_decoder(cfg.model.decoder, cfg.decoder)
     return cfg
+
+
+def config_from_yaml(text: str, overrides: list[str] | tuple[str, ...] = (), where: str = "config") -> Config:
+    """A config saved by a run (its config.yaml artifact), with overrides such as another data.dir."""
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    base = _read_yaml(paths.BASE_CONFIG)
+    try:
+        d = _merge(base, d)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return _from_dict(_apply_overrides(d, overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

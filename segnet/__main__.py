@@ -1,0 +1,3 @@
+from segnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Command line: argument parsing only; every command calls a function of the package.
+
+    python -m segnet data synth --out DIR [--n N] [--seed S]
+    python -m segnet data check DIR
+    python -m segnet data get
+    python -m segnet shapes [--config FILE] [key=value ...]
+    python -m segnet train [--config FILE] [key=value ...]
+    python -m segnet evaluate --run-id ID [key=value ...]
+    python -m segnet predict --run-id ID --images DIR --out submission.csv [--tta]
+    python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [key=value ...]
+    python -m segnet bench [--quick] [--out FILE]
+    python -m segnet ui [--host H] [--port P]
+
+Errors a user can cause print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from segnet.errors import SegnetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segnet", description="Which decoder should a U-Net use? (TGS salt)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate, check or fetch a dataset in the Kaggle layout")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="generate the synthetic salt-like dataset")
+    synth.add_argument("--out", required=True, help="output folder (Kaggle layout)")
+    synth.add_argument("--n", type=int, default=1200, help="number of training images")
+    synth.add_argument("--seed", type=int, default=0)
+    check = dsub.add_parser("check", help="validate a dataset folder; exit 2 on the first problem")
+    check.add_argument("dir")
+    dsub.add_parser("get", help="download the real data with the Kaggle CLI, else generate data/synthetic")
+
+    def with_config(sp):
+        sp.add_argument("--config", default=None, help="profile YAML on top of configs/base.yaml "
+                        "(default configs/quick.yaml)")
+        sp.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=5")
+        return sp
+
+    with_config(sub.add_parser("shapes", help="per-stage shapes and the decoder's overlap pattern"))
+    with_config(sub.add_parser("train", help="train one model; prints run_id: <id>"))
+    ev = sub.add_parser("evaluate", help="recompute every metric of a run's best model on a dataset")
+    ev.add_argument("--run-id", required=True)
+    ev.add_argument("overrides", nargs="*", help="e.g. data.dir=../shared/datasets/tgs-salt")
+    pr = sub.add_parser("predict", help="Kaggle submission from a run's model")
+    pr.add_argument("--run-id", required=True)
+    pr.add_argument("--images", required=True, help="folder of 101x101 PNG images")
+    pr.add_argument("--out", default="submission.csv")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="horizontal-flip test-time augmentation (default: the run's eval.tta)")
+    ab = with_config(sub.add_parser("ablate", help="every decoder variant on the same split and seeds"))
+    ab.set_defaults(config=None)
+    ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
+    ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
+    ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    be = sub.add_parser("bench", help="speed, memory and FLOP/s of every decoder vs the baseline U-Net")
+    be.add_argument("--quick", action="store_true", help="a short run (a minute or two)")
+    be.add_argument("--out", default=None, help="CSV/JSON output prefix (default bench/results)")
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the tracking store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args) or 0
+    except SegnetError as e:
+        print(f"segnet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("segnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int | None:
+    cmd = args.command
+    if cmd == "data":
+        from segnet.data import commands
+
+        if args.data_command == "synth":
+            return commands.cmd_synth(args.out, args.n, args.seed)
+        if args.data_command == "check":
+            return commands.cmd_check(args.dir)
+        return commands.cmd_get()
+    if cmd in ("shapes", "train"):
+        from segnet.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if cmd == "shapes":
+            from segnet.models.shapes import describe
+
+            print(describe(cfg))
+            return 0
+        from segnet.train import train
+
+        train(cfg)
+        return 0
+    if cmd == "evaluate":
+        from segnet.evaluate import evaluate_run
+
+        evaluate_run(args.run_id, args.overrides)
+        return 0
+    if cmd == "predict":
+        from segnet.predict import predict_run
+
+        predict_run(args.run_id, args.images, args.out, tta=args.tta)
+        return 0
+    if cmd == "ablate":
+        from segnet.ablate import ablate
+
+        ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
+        return 0
+    if cmd == "bench":
+        from segnet.bench import bench
+
+        bench(quick=args.quick, out=args.out)
+        return 0
+    if cmd == "ui":
+        from segnet.tracking import serve_ui
+
+        return serve_ui(args.host, args.port)
+    return None

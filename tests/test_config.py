@@ -1,0 +1,101 @@
+"""The config loader: every profile loads, overrides apply, and every mistake is caught before work."""
+
+from pathlib import Path
+
+import pytest
+
+from segnet import paths
+from segnet.config import config_from_yaml, load_config
+from segnet.errors import ConfigError
+
+PROFILES = sorted(p for p in paths.CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_profile_loads(profile):
+    cfg = load_config(profile)
+    assert cfg.model.decoder and cfg.train.epochs >= 1
+
+
+def test_quick_is_the_default_profile():
+    assert load_config().train.epochs == load_config(paths.QUICK_CONFIG).train.epochs
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config(None, ["train.epochs=3", "model.decoder=upsampling", "decoder.interpolation=bilinear",
+                             "train.lr=1e-4", "data.augment.enabled=false", "data.dir=/some/where"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.lr, float) and cfg.train.lr == 1e-4
+    assert cfg.model.decoder == "upsampling" and cfg.decoder["interpolation"] == "bilinear"
+    assert cfg.data.augment.enabled is False and cfg.data.dir == "/some/where"
+    assert cfg.variant() == "upsampling_bilinear"
+
+
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        ("train.epoch=3", "train.epoch"),  # typo
+        ("trian.epochs=3", "trian"),  # unknown section
+        ("train.epochs=three", "train.epochs"),  # wrong type
+        ("train.epochs=2.5", "train.epochs"),
+        ("train.resume=maybe", "train.resume"),
+        ("train.loss=focal", "train.loss"),  # bad choice, allowed values listed
+        ("train.strategy=tpu", "train.strategy"),
+        ("data.size=16", "data.size"),
+        ("data.augment.hflip=1.5", "data.augment.hflip"),
+        ("model.decoder=deconv", "deconv"),  # unknown decoder, valid names listed
+        ("decoder.interpolation=bilinear", "interpolation"),  # option the default decoder does not take
+        ("decoder.kernel_size=5", "kernel_size"),  # bad option value
+        ("data.fold=7", "data.fold"),
+        ("train", "key=value"),
+        ("train=3", "train"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(override, culprit):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert culprit in msg and "\n" not in msg
+
+
+def test_unknown_decoder_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.decoder=deconv"])
+    for name in ("transposed", "upsampling", "maxunpool", "bed_of_nails", "pixel_shuffle", "bilinear_additive"):
+        assert name in str(e.value)
+
+
+def test_bad_choice_lists_the_allowed_values():
+    with pytest.raises(ConfigError, match="bce, dice, bce_dice, lovasz_hinge"):
+        load_config(None, ["train.loss=focal"])
+
+
+def test_bad_profile_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 3\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [epochs\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_saved_config_round_trips_with_overrides():
+    cfg = load_config(None, ["model.decoder=maxunpool", "train.epochs=4"])
+    again = config_from_yaml(cfg.to_yaml(), ["data.dir=/x"])
+    assert again.model.decoder == "maxunpool" and again.train.epochs == 4 and again.data.dir == "/x"
+    assert again.replace(["data.dir=null"]) == cfg
+
+
+def test_hash_ignores_resume_and_changes_with_the_model():
+    a = load_config(None, [])
+    assert a.hash() == load_config(None, ["train.resume=true"]).hash()
+    assert a.hash() != load_config(None, ["model.filters=8"]).hash()
+
+
+def test_flat_params_cover_every_key():
+    flat = load_config().flat()
+    for key in ("data.dir", "data.size", "model.decoder", "model.filters", "model.depth", "train.epochs",
+                "train.batch_size", "train.seed", "tracking.uri", "tracking.experiment", "data.augment.hflip"):
+        assert key in flat
