@@ -183,3 +183,48 @@ def test_const_response_no_stages():
     inp = keras.Input((8, 8, 1))
     model = keras.Model(inp, keras.layers.Conv2D(1, 1)(inp))
     assert artifact_const_response(model, needs_indices=False) == {"per_stage": [], "max": 0.0}
+
+
+# ------------------------------------------------------------------ the registry's real decoders
+
+# (decoder, options, checkerboard-free by construction at initialisation?)
+REGISTRY_CASES = [
+    ("transposed", {"kernel_size": 3}, False),
+    ("transposed", {"kernel_size": 4}, False),  # even overlap, but random sub-kernels differ
+    ("upsampling", {"interpolation": "nearest"}, True),
+    ("upsampling", {"interpolation": "bilinear"}, True),
+    ("maxunpool", {}, False),
+    ("bed_of_nails", {}, False),
+    ("pixel_shuffle", {"icnr": True}, True),
+    ("pixel_shuffle", {"icnr": False}, False),
+    ("bilinear_additive", {}, True),
+]
+
+
+def test_registry_cases_cover_every_decoder():
+    models = pytest.importorskip("segnet.models")
+    assert {name for name, _, _ in REGISTRY_CASES} == set(models.DECODERS)
+
+
+@pytest.mark.parametrize("name,options,flat", REGISTRY_CASES, ids=lambda v: str(v))
+def test_const_response_of_registry_decoders(name, options, flat):
+    from types import SimpleNamespace as NS
+
+    keras = pytest.importorskip("keras")
+    models = pytest.importorskip("segnet.models")
+    keras.utils.set_random_seed(0)
+    cfg = NS(
+        data=NS(size=32),
+        model=NS(decoder=name, depth=2, filters=4, residual=False, dropout=0.0),
+        decoder=options,
+    )
+    model = models.build_model(cfg)
+    r = artifact_const_response(model, needs_indices=models.DECODERS[name].needs_indices, return_maps=True)
+    assert len(r["per_stage"]) == 2
+    assert all(m.shape[:2] == (32, 32) for m in r["maps"])
+    if flat:
+        assert r["max"] <= 1e-6
+    else:
+        assert min(r["per_stage"]) > 0.1
+    if name == "maxunpool":  # a constant map unpooled to one position per 2x2 cell: std/mean = sqrt(3)
+        assert r["per_stage"] == pytest.approx([np.sqrt(3.0)] * 2, rel=1e-5)
