@@ -1,0 +1,40 @@
+"""``upsampling``: resize-convolution (Odena et al. 2016) — UpSampling2D (nearest or bilinear), then conv 3x3.
+
+The resize gives every output pixel the same weight pattern, so the operator has no built-in
+checkerboard; the ``decoder{stage}_up`` layer (:class:`~segnet.models.layers.ResizeConv2D`) holds both
+the resize and the conv.
+"""
+
+from __future__ import annotations
+
+from segnet.models.decoders import DecoderSpec, Option, register
+
+
+def make_block(interpolation: str = "nearest"):
+    from segnet.models.blocks import decoder_block
+    from segnet.models.layers import ResizeConv2D
+
+    def make_up(*, filters, skip_channels, name):
+        return ResizeConv2D(filters, 3, interpolation=interpolation, name=name)
+
+    return decoder_block(make_up)
+
+
+def overlap(options: dict) -> str:
+    return (
+        f"{options['interpolation']} resize x2, then conv 3x3: every output pixel gets the same number of "
+        "taps (uneven 0); a constant map stays constant"
+    )
+
+
+SPEC = register(
+    DecoderSpec(
+        name="upsampling",
+        description="UpSampling2D (nearest|bilinear) then conv 3x3: resize-convolution",
+        needs_indices=False,
+        supports_jit=True,
+        options={"interpolation": Option("nearest", choices=("nearest", "bilinear"), help="resize method")},
+        make_block=make_block,
+        overlap=overlap,
+    )
+)
