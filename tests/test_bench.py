@@ -1,0 +1,110 @@
+"""The benchmark: a row per decoder plus the baseline, positive numbers, ratios, MLflow logging.
+
+The default test is a smoke run on tiny models (filters 4, depth 2, batch 4; baseline 32x32) so the
+harness is exercised in well under a minute per model; ``bench(quick=True)`` at the real defaults
+(several minutes on 2 CPU cores) is the slow test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+TINY_OVERRIDES = ["model.filters=4", "model.depth=2", "train.batch_size=4"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    return uri
+
+
+def _check(out_csv, summary, names, uri):
+    from segnet.bench import BASELINE, EXPERIMENT
+
+    df = pd.read_csv(out_csv)
+    assert sorted(df["model"]) == sorted([*names, BASELINE])
+    for col in ("train_images_per_s", "train_images_per_s_best", "infer_images_per_s", "params",
+                "fwd_gflops_per_image", "train_gflops_per_s", "train_pct_conv_peak", "rss_growth_mb"):
+        assert (df[col] > 0).all() if col != "rss_growth_mb" else (df[col] >= 0).all(), col
+    for col in ("train_x_baseline", "infer_x_baseline"):
+        assert df[col].map(math.isfinite).all() and (df[col] > 0).all(), col
+    base = df.set_index("model").loc[BASELINE]
+    assert base["train_x_baseline"] == pytest.approx(1.0) and base["infer_x_baseline"] == pytest.approx(1.0)
+    assert (df["train_images_per_s_best"] >= df["train_images_per_s"] - 1e-9).all()
+    m = summary["machine"]
+    assert m["matmul_gflops"] > 0 and m["conv_gflops"] > 0
+    f = summary["findings"]
+    assert f["pipeline_images_per_s"] > 0
+    if "maxunpool" in names and "transposed" in names:
+        assert f["unpool_over_transposed_train"] > 0
+    assert f["default_train_x_baseline"] == pytest.approx(df.set_index("model").loc["transposed", "train_x_baseline"])
+    js = json.loads(out_csv.with_suffix(".json").read_text())
+    assert js["run_id"] == summary["run_id"] and len(js["rows"]) == len(df)
+
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    run = c.get_run(summary["run_id"])
+    assert run.info.experiment_id == exp.experiment_id and run.info.status == "FINISHED"
+    assert run.data.metrics["transposed.train_images_per_s"] > 0
+    assert run.data.metrics[f"{BASELINE}.train_x_baseline"] == pytest.approx(1.0)
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {out_csv.name, out_csv.with_suffix(".json").name, "plots"} <= arts
+
+
+def test_flop_count_matches_hand_count():
+    import keras
+
+    from segnet.bench import forward_flops
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(5, 3, padding="same", use_bias=False)(inp)  # 8*8*5*3*3*3 MACs
+    x = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same")(x)  # 8*8*5 * 3*3*2 MACs
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(7)(x)  # 16*16*2*7 MACs
+    model = keras.Model(inp, x)
+    macs = 8 * 8 * 5 * 27 + 8 * 8 * 5 * 18 + 16 * 16 * 2 * 7
+    assert forward_flops(model, (8, 8, 3)) == pytest.approx(2 * macs)
+
+
+def test_round_order_interleaves():
+    from segnet.bench import _order
+
+    names = ["a", "b", "c"]
+    orders = [_order(names, r) for r in range(2 * len(names))]
+    assert all(sorted(o) == names for o in orders)
+    assert all(a != b for a, b in zip(orders, orders[1:], strict=False))
+    mean_pos = {n: sum(o.index(n) for o in orders) / len(orders) for n in names}
+    assert set(mean_pos.values()) == {1.0}  # every model in every position equally often
+
+
+def test_bench_smoke_every_decoder(tmp_path, store):
+    """Tiny models, every registered decoder + the baseline, the whole harness and the MLflow run."""
+    from segnet.bench import Settings, bench
+    from segnet.models.decoders import DECODERS
+
+    tiny = Settings(rounds=2, warmup=0, train_steps=1, step_steps=1, infer_steps=1, n_images=16,
+                    pipeline_batches=1, peak_repeats=1, memory="inprocess", baseline_size=32, baseline_filters=4)
+    out = tmp_path / "res.csv"
+    summary = bench(quick=True, out=out, settings=tiny, overrides=TINY_OVERRIDES, log=lambda s: None)
+    _check(out, summary, list(DECODERS), store)
+    df = pd.read_csv(out)
+    assert (df["step_images_per_s"] > 0).all()
+
+
+@pytest.mark.slow
+def test_bench_quick_defaults(tmp_path, store):
+    """``bench(quick=True)`` exactly as ``segnet bench --quick`` runs it (several minutes on 2 cores)."""
+    from segnet.bench import bench
+    from segnet.models.decoders import DECODERS
+
+    out = tmp_path / "quick.csv"
+    summary = bench(quick=True, out=out)
+    _check(out, summary, list(DECODERS), store)
