@@ -21,7 +21,8 @@ DATA = ROOT / "data"
 SYNTHETIC_DIR = DATA / "synthetic"
 TGS_DIR = DATA / "tgs"
 FOLDS_DIR = DATA / "folds"
-RUNS_DIR = ROOT / "runs"  # local scratch: checkpoints and resume state, one folder per MLflow run
+# Local scratch: checkpoints and resume state, one folder per MLflow run ($SEGNET_RUNS_DIR moves it).
+RUNS_DIR = Path(os.environ.get("SEGNET_RUNS_DIR") or ROOT / "runs")
 SHARED_TGS = ROOT.parent / "shared" / "datasets" / "tgs-salt"
 DEFAULT_TRACKING_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
 

@@ -1,0 +1,273 @@
+"""Ablation: every decoder variant on the same data, split and seeds; one MLflow parent, nested children.
+
+Restartable: the parent is found again by its ablation hash (or ``--resume ID``); finished children are
+skipped and an unfinished one resumes from its last epoch. Children run in their own processes
+(``--jobs N`` at once), so a crash of one cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from segnet import paths
+from segnet.config import Config, load_config
+from segnet.errors import ConfigError, SegnetError
+
+ABLATION_KEYS = {"profile", "seeds", "bootstrap", "overrides", "variants"}
+
+
+@dataclass
+class Child:
+    variant: str
+    seed: int
+    cfg: Config
+
+
+@dataclass
+class AblationPlan:
+    file: Path
+    children: list[Child]
+    variants: list[str]
+    bootstrap: int
+    hash: str
+    experiment: str
+
+
+def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None) -> AblationPlan:
+    """Read the ablation file and resolve (and so validate) every child's config before any work."""
+    f = Path(config_file) if config_file else paths.ABLATION_CONFIG
+    if not f.exists():
+        raise ConfigError(f"ablation file not found: {f}")
+    spec = yaml.safe_load(f.read_text()) or {}
+    unknown = set(spec) - ABLATION_KEYS
+    if unknown:
+        raise ConfigError(f"{f}: unknown key '{sorted(unknown)[0]}' (valid: {', '.join(sorted(ABLATION_KEYS))})")
+    variants = spec.get("variants") or {}
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{f}: 'variants' must map variant names to their overrides")
+    n_seeds = seeds if seeds is not None else spec.get("seeds", 1)
+    if not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ConfigError(f"{f}: 'seeds' must be a positive integer; got {n_seeds!r}")
+    boot = spec.get("bootstrap", 2000)
+    if not isinstance(boot, int) or boot < 100:
+        raise ConfigError(f"{f}: 'bootstrap' must be an integer >= 100; got {boot!r}")
+    profile = spec.get("profile")
+    profile = (paths.ROOT / profile) if profile and not Path(profile).is_absolute() else profile
+    common = [str(o) for o in spec.get("overrides") or []] + list(overrides)
+
+    children = []
+    base = load_config(profile, common)
+    for name, var in variants.items():
+        if not isinstance(var, dict):
+            raise ConfigError(f"{f}: variant '{name}' must be a mapping of key: value")
+        var_over = [f"{k}={_yaml_scalar(v)}" for k, v in var.items()]
+        for i in range(n_seeds):
+            seed = base.train.seed + i
+            try:
+                cfg = load_config(profile, var_over + common + [f"train.seed={seed}", f"tracking.variant={name}"])
+            except ConfigError as e:
+                raise ConfigError(f"{f}: variant '{name}': {e}") from None
+            children.append(Child(name, seed, cfg))
+    h = hashlib.sha256(json.dumps([[c.variant, c.seed, c.cfg.hash()] for c in children]).encode()).hexdigest()[:12]
+    return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment)
+
+
+def _yaml_scalar(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _train_child(cfg: Config, parent_id: str, tags: dict) -> str:
+    """Runs in a fresh process: one child, its own TensorFlow runtime."""
+    from segnet.train import train
+
+    return train(cfg, parent_run_id=parent_id, extra_tags=tags).run_id
+
+
+def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int = 1, resume: str | None = None):
+    from segnet import tracking
+
+    p = plan(config_file, overrides, seeds)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1; got {jobs}")
+    uri = tracking.tracking_uri(p.children[0].cfg)
+    parent = _find_or_create_parent(uri, p, resume)
+    print(f"ablation_run_id: {parent.run_id}  ({len(p.variants)} variants x "
+          f"{len(p.children) // len(p.variants)} seeds, hash {p.hash})", flush=True)
+
+    t0 = time.perf_counter()
+    with tracking.run_guard(parent):
+        done = _finished_children(uri, p.experiment, parent.run_id)
+        todo = [c for c in p.children if (c.variant, c.seed) not in done]
+        if len(todo) < len(p.children):
+            print(f"ablate: {len(p.children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
+        failures = _run_children(todo, parent.run_id, jobs)
+        if failures:
+            raise SegnetError(f"{len(failures)} ablation children failed: " + "; ".join(failures))
+        summary, per_image = summarize(uri, p, parent.run_id)
+        wall = time.perf_counter() - t0
+        _log_summary(parent, summary, per_image, wall)
+    print(summary_markdown(summary), flush=True)
+    print(f"ablation_run_id: {parent.run_id}  (wall time {wall / 60:.1f} min)")
+    exp_id = parent.info().info.experiment_id
+    print(f"review it: make ui  (then {tracking.runs_url(uri, exp_id)})", flush=True)
+    return parent.run_id, summary
+
+
+def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
+    from segnet import tracking
+
+    if resume:
+        info = tracking.get_run(uri, resume)
+        if info.data.tags.get("segnet.ablation_hash") != p.hash:
+            raise SegnetError(f"ablation run '{resume}' was made from another ablation config; "
+                              "resume it with the same file, seeds and overrides")
+        return tracking.reopen_run(uri, resume)
+    found = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_hash` = '{p.hash}'")
+    found = [r for r in found if r.data.tags.get("segnet.role") == "ablation"]
+    if found:
+        print(f"ablate: continuing ablation {found[0].info.run_id} (same config hash)", flush=True)
+        return tracking.reopen_run(uri, found[0].info.run_id)
+    parent = tracking.create_run(uri, p.experiment, f"ablation-{time.strftime('%m%d-%H%M%S')}",
+                                 {"segnet.role": "ablation", "segnet.ablation_hash": p.hash,
+                                  "segnet.reference": p.variants[0]})
+    parent.log_params({"ablation.file": str(p.file), "ablation.variants": ",".join(p.variants),
+                       "ablation.seeds": len(p.children) // len(p.variants), "ablation.bootstrap": p.bootstrap,
+                       **{k: v for k, v in p.children[0].cfg.flat().items() if not k.startswith(("model.", "decoder."))}})
+    parent.log_text(Path(p.file).read_text(), "ablation.yaml")
+    return parent
+
+
+def _finished_children(uri, experiment, parent_id) -> set[tuple[str, int]]:
+    from segnet import tracking
+
+    runs = tracking.find_runs(uri, experiment, f"tags.`segnet.ablation_id` = '{parent_id}'", max_results=1000)
+    return {(r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]))
+            for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics}
+
+
+def _run_children(todo: list[Child], parent_id: str, jobs: int) -> list[str]:
+    cores = os.cpu_count() or 1
+    ctx = multiprocessing.get_context("spawn")
+    failures = []
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = {}
+        for i, c in enumerate(todo):
+            over = ["train.resume=true"]
+            if jobs > 1 and c.cfg.train.threads == 0:
+                over.append(f"train.threads={max(1, cores // jobs)}")
+            cfg = c.cfg.replace(over)
+            tags = {"segnet.ablation_id": parent_id, "segnet.seed": c.seed}
+            print(f"ablate: [{i + 1}/{len(todo)}] {c.variant} seed {c.seed}", flush=True)
+            futures[pool.submit(_train_child, cfg, parent_id, tags)] = c
+        for fut in cf.as_completed(futures):
+            c = futures[fut]
+            try:
+                fut.result()
+            except Exception as e:  # one failed child must not hide the others' results
+                failures.append(f"{c.variant} seed {c.seed}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                print(f"ablate: {c.variant} seed {c.seed} FAILED: {e}", flush=True)
+    return failures
+
+
+def paired_bootstrap(diff: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-image differences and its 95% percentile bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+SUMMARY_METRICS = {
+    "tgs_map": "best_val_tgs_map", "val_iou": "best_val_iou", "tgs_map_tuned": "val_tgs_map_tuned",
+    "artifact_periodic_energy": "artifact_periodic_energy", "artifact_excess": "artifact_excess",
+    "artifact_const_response": "artifact_const_response",
+    "artifact_const_response_init": "artifact_const_response_init",
+    "artifact_overlap_unevenness": "artifact_overlap_unevenness", "params": "params_count",
+}
+
+
+def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per variant: mean and spread over seeds, and the paired bootstrap CI against the reference."""
+    from segnet import tracking
+
+    runs = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_id` = '{parent_id}'", max_results=1000)
+    runs = [r for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics]
+    rows, per_image = [], {}
+    c = tracking.client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            v, s = r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"])
+            row = {"variant": v, "seed": s, "run_id": r.info.run_id}
+            row.update({k: r.data.metrics.get(m, np.nan) for k, m in SUMMARY_METRICS.items()})
+            for m in ("train_images_per_s", "epoch_time_s"):
+                hist = [x.value for x in c.get_metric_history(r.info.run_id, m)]
+                row[m] = float(np.median(hist)) if hist else np.nan
+            rows.append(row)
+            csv = tracking.download_artifact(uri, r.info.run_id, "predictions/val_scores.csv", Path(tmp) / r.info.run_id)
+            per_image[(v, s)] = pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
+    runs_df = pd.DataFrame(rows)
+    ref = p.variants[0]
+    out = []
+    for v in p.variants:
+        sub = runs_df[runs_df.variant == v]
+        if sub.empty:
+            continue
+        row = {"variant": v, "seeds": len(sub)}
+        for k in list(SUMMARY_METRICS) + ["train_images_per_s", "epoch_time_s"]:
+            row[f"{k}_mean"] = sub[k].mean()
+            row[f"{k}_std"] = sub[k].std(ddof=1) if len(sub) > 1 else 0.0
+        seeds = sorted(set(sub.seed) & set(runs_df[runs_df.variant == ref].seed))
+        if v != ref and seeds:
+            a = pd.concat([per_image[(v, s)] for s in seeds], axis=1).mean(axis=1)
+            b = pd.concat([per_image[(ref, s)] for s in seeds], axis=1).mean(axis=1)
+            common = a.index.intersection(b.index)
+            mean, lo, hi = paired_bootstrap((a[common] - b[common]).to_numpy(), p.bootstrap)
+            row.update(diff_mean=mean, diff_lo=lo, diff_hi=hi, significant=bool(lo > 0 or hi < 0))
+        else:
+            row.update(diff_mean=0.0, diff_lo=0.0, diff_hi=0.0, significant=False)
+        out.append(row)
+    return pd.DataFrame(out), runs_df
+
+
+def summary_markdown(df: pd.DataFrame) -> str:
+    cols = ["variant", "seeds", "tgs_map", "val_iou", "diff vs ref [95% CI]", "periodic", "excess",
+            "const", "const@init", "uneven", "params", "img/s", "epoch s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        ci = "reference" if r.diff_lo == r.diff_hi == 0 else (
+            f"{r.diff_mean:+.4f} [{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{' **' if r.significant else ''}")
+        lines.append("| " + " | ".join([
+            r.variant, str(int(r.seeds)), f"{r.tgs_map_mean:.4f} ± {r.tgs_map_std:.4f}",
+            f"{r.val_iou_mean:.4f} ± {r.val_iou_std:.4f}", ci, f"{r.artifact_periodic_energy_mean:.4f}",
+            f"{r.artifact_excess_mean:.2f}", f"{r.artifact_const_response_mean:.3f}",
+            f"{r.artifact_const_response_init_mean:.3f}", f"{r.artifact_overlap_unevenness_mean:.2f}",
+            f"{int(r.params_mean):,}", f"{r.train_images_per_s_mean:.0f}", f"{r.epoch_time_s_mean:.1f}",
+        ]) + " |")
+    lines.append("\n** the 95% paired-bootstrap interval of the difference excludes 0")
+    return "\n".join(lines)
+
+
+def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: float) -> None:
+    from segnet import plots
+
+    parent.log_dataframe(summary, "summary.csv")
+    parent.log_dataframe(runs_df, "children.csv")
+    parent.log_text(summary_markdown(summary), "summary.md")
+    parent.log_figure(plots.plot_ablation(summary), "plots/ablation.png")
+    parent.log_figure(plots.plot_bootstrap_ci(summary), "plots/bootstrap_ci.png")
+    best = summary.loc[summary.tgs_map_mean.idxmax()]
+    parent.log_metrics({"wall_time_s": wall, "best_tgs_map_mean": float(best.tgs_map_mean),
+                        "n_children": len(runs_df)})
+    parent.set_tags({"segnet.best_variant": best.variant})

@@ -1,0 +1,145 @@
+"""Evaluation of a trained model: quality, threshold, artifact metrics and pictures, logged to MLflow.
+
+The same function serves the end of every training run (prefix "") and ``segnet evaluate --run-id``
+(prefix ``eval_``, on any dataset, the real TGS folder included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segnet.config import Config
+
+
+def overlap_unevenness(spec, options: dict) -> float:
+    """The analytic overlap unevenness of a decoder's upsampling operator.
+
+    Transposed convolution: from its kernel size and stride 2. Zero insertion (bed of nails, max
+    unpooling) is a kernel-1 stride-2 scatter: one tap on one of four positions, unevenness 1.
+    Resize-convolutions and sub-pixel convolution give every output pixel the same number of taps: 0.
+    """
+    from segnet.metrics.artifacts import artifact_overlap_unevenness
+
+    if spec.name == "transposed":
+        return artifact_overlap_unevenness(int(options["kernel_size"]), 2)
+    if spec.name in ("maxunpool", "bed_of_nails"):
+        return artifact_overlap_unevenness(1, 2)
+    return 0.0
+
+
+def const_response(model, spec, return_maps: bool = False):
+    from segnet.metrics.artifacts import artifact_const_response
+
+    res = artifact_const_response(model, needs_indices=spec.needs_indices, return_maps=return_maps)
+    return res if return_maps else float(res["max"])
+
+
+def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarray, ids: list[str],
+                   threshold: float | None = None) -> dict:
+    """Every number and picture of one model on one set of images (101x101 in, truth at 101x101).
+
+    ``threshold`` None: searched on these images (when eval.threshold_search), else the given one.
+    Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure}}.
+    """
+    from segnet import plots
+    from segnet.data.pipeline import from_network, to_network
+    from segnet.metrics import artifacts, segmentation
+    from segnet.models.decoders import resolve_decoder
+    from segnet.train import predict_logits
+
+    _, options = resolve_decoder(cfg.model.decoder, cfg.decoder)
+    x = to_network(images, cfg.data.size, cfg.data.resize_mode)
+    logits_plain = predict_logits(model, x, cfg.train.batch_size, tta=False)
+    logits = predict_logits(model, x, cfg.train.batch_size, tta=True) if cfg.eval.tta else logits_plain
+    truth = masks[..., 0] > 0.5
+    probs = 1.0 / (1.0 + np.exp(-from_network(logits, cfg.data.resize_mode)[..., 0]))
+    plain = from_network(logits_plain, cfg.data.resize_mode)[..., 0] > 0.0
+
+    if threshold is None:
+        if cfg.eval.threshold_search:
+            threshold, _, _ = segmentation.search_threshold(truth, probs)
+        else:
+            threshold = 0.5
+    pred = probs > threshold
+    scores = segmentation.score_table(ids, truth, pred)
+    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
+
+    # Artifact metrics are measured at network resolution, where the decoder left its fingerprint.
+    masks_net = to_network(masks, cfg.data.size, cfg.data.resize_mode, is_mask=True)
+    pe = artifacts.artifact_periodic_energy(logits_plain)
+    pe_gt = artifacts.artifact_periodic_energy_gt(masks_net)
+    const = const_response(model, spec, return_maps=True)
+    metrics = {
+        "val_tgs_map_plain": segmentation.tgs_map(truth, plain),
+        "val_tgs_map_tta": segmentation.tgs_map(truth, probs > 0.5),
+        "val_tgs_map_tuned": float(scores["tgs"].mean()),
+        "val_iou_tuned": float(scores["iou"].mean()),
+        "val_dice_tuned": segmentation.dice(truth, pred),
+        "val_pixel_iou_tuned": segmentation.pixel_iou(truth, pred),
+        "best_threshold": float(threshold),
+        "artifact_periodic_energy": pe,
+        "artifact_periodic_energy_gt": pe_gt,
+        "artifact_excess": pe / pe_gt if pe_gt > 0 else float("nan"),
+        "artifact_const_response": float(const["max"]),
+        "artifact_overlap_unevenness": overlap_unevenness(spec, options),
+    }
+
+    order = np.argsort(scores["tgs"].to_numpy() + 1e-3 * scores["iou"].to_numpy(), kind="stable")
+    k = max(1, cfg.eval.overlays // 2)
+    worst, best_ = order[:k], order[::-1][:k]
+    figures = {
+        "plots/spectra.png": plots.plot_spectra(logits_plain, masks_net),
+        "plots/const_response.png": plots.plot_const_response(const["maps"]),
+    }
+    for name, sel in (("worst", worst), ("best", best_)):
+        figures[f"plots/overlays_{name}.png"] = plots.plot_overlays(
+            images[sel, ..., 0], truth[sel], pred[sel], [ids[i] for i in sel],
+            scores["tgs"].to_numpy()[sel], title=f"{name} validation images (threshold {threshold:.2f})",
+        )
+    return {"metrics": metrics, "scores": scores, "figures": figures}
+
+
+def evaluate_and_log(run, model, cfg: Config, spec, images, masks, ids, prefix: str = "",
+                     threshold: float | None = None) -> dict:
+    """evaluate_model, then log its metrics (with ``prefix``), per-image scores and figures to ``run``."""
+    out = evaluate_model(model, cfg, spec, images, masks, ids, threshold=threshold)
+    metrics = {f"{prefix}{k}": v for k, v in out["metrics"].items()}
+    run.log_metrics(metrics)
+    folder = "eval/" if prefix else ""
+    run.log_dataframe(out["scores"], f"{folder}predictions/val_scores.csv" if not prefix else f"eval/predictions/scores.csv")
+    for path, fig in out["figures"].items():
+        run.log_figure(fig, f"{folder}{path}")
+    return out["metrics"]
+
+
+def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Recompute every metric of a run's best model on a dataset and log it to the run as ``eval_*``.
+
+    On the dataset the run was trained on, the run's validation fold is used; on any other dataset
+    (the real TGS folder, say) every image is. The run's tuned threshold is kept, never re-tuned on
+    the data being evaluated.
+    """
+    from segnet import tracking
+    from segnet.data import load_dataset
+    from segnet.data.folds import split
+    from segnet.runs import load_run
+
+    tr = load_run(run_id, overrides)
+    data = load_dataset(tr.cfg)
+    trained_on = tracking.get_run(tr.uri, run_id).data.tags.get("segnet.data_fingerprint")
+    if data.fingerprint == trained_on:
+        _, idx = split(data, tr.cfg)
+        subset = f"validation fold {tr.cfg.data.fold}"
+    else:
+        idx = np.arange(len(data.ids))
+        subset = "all images"
+    print(f"evaluate: run {run_id} on {data.dir} ({data.kind}, {subset}: {len(idx)} images)", flush=True)
+    run = tracking.Run(tr.uri, run_id)
+    run.set_tags({"segnet.eval_dataset": data.kind, "segnet.eval_data_fingerprint": data.fingerprint,
+                  "segnet.eval_data_dir": str(data.dir), "segnet.eval_subset": subset})
+    metrics = evaluate_and_log(run, tr.model, tr.cfg, tr.spec, data.images[idx], data.masks[idx],
+                               [data.ids[i] for i in idx], prefix="eval_", threshold=tr.threshold)
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"  eval_{k:<{width}} {v:.4f}")
+    return metrics

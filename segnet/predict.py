@@ -1,0 +1,62 @@
+"""Kaggle submission from a trained run: ``id,rle_mask``, one row per image, RLE as the competition reads it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segnet.errors import SegnetError
+
+
+def predict_masks(model, cfg, images: np.ndarray, threshold: float, tta: bool, progress: bool = True) -> np.ndarray:
+    """Binary 101x101 masks for (N,101,101,1) images, in batches with a progress bar."""
+    from tqdm import tqdm
+
+    from segnet.data.pipeline import from_network, to_network
+    from segnet.train import predict_logits
+
+    out = np.zeros(images.shape[:3], dtype=bool)
+    step = max(cfg.train.batch_size, 64)
+    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
+    for i in range(0, len(images), step):
+        x = to_network(images[i : i + step], cfg.data.size, cfg.data.resize_mode)
+        z = from_network(predict_logits(model, x, step, tta=tta), cfg.data.resize_mode)[..., 0]
+        out[i : i + step] = 1.0 / (1.0 + np.exp(-z)) > threshold
+        bar.update(len(x))
+    bar.close()
+    return out
+
+
+def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool | None = None) -> Path:
+    from segnet.data.rle import rle_encode
+    from segnet.data.tgs import read_images
+    from segnet.runs import load_run
+
+    images_dir, out = Path(images_dir), Path(out)
+    if not images_dir.is_dir():
+        raise SegnetError(f"image folder not found: {images_dir}")
+    images, ids = read_images(images_dir)
+    if len(ids) == 0:
+        raise SegnetError(f"no PNG images in {images_dir}")
+    tr = load_run(run_id)
+    tta = tr.cfg.eval.tta if tta is None else tta
+    t0 = time.perf_counter()
+    masks = predict_masks(tr.model, tr.cfg, images, tr.threshold, tta)
+    seconds = time.perf_counter() - t0
+    df = pd.DataFrame({"id": ids, "rle_mask": [rle_encode(m) for m in masks]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"predict: {len(ids)} images in {seconds:.1f}s ({len(ids) / seconds:.0f} images/s, "
+          f"threshold {tr.threshold:.2f}, flip TTA {'on' if tta else 'off'}); "
+          f"{int((df.rle_mask != '').sum())} with salt", flush=True)
+    print(f"submission: {out}", flush=True)
+    return out

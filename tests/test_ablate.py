@@ -1,0 +1,132 @@
+"""Ablation: planning and validation, the paired bootstrap, and a small end-to-end run reviewed over REST."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from segnet import paths
+from segnet.ablate import ablate, paired_bootstrap, plan
+from segnet.errors import ConfigError
+
+from .test_train import tiny_overrides
+
+
+def _write(tmp_path: Path, spec: dict) -> Path:
+    f = tmp_path / "ablation.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return f
+
+
+def test_default_ablation_plans_eight_variants():
+    p = plan(None)
+    assert p.variants[0] == "transposed_k3" and len(p.variants) == 8
+    assert {c.cfg.model.decoder for c in p.children} == {
+        "transposed", "upsampling", "maxunpool", "bed_of_nails", "pixel_shuffle", "bilinear_additive"}
+    assert len({c.cfg.data.fold_seed for c in p.children}) == 1  # one split for every child
+    assert plan(None, seeds=3).children[-1].seed == p.children[0].seed + 2
+
+
+@pytest.mark.parametrize("spec, culprit", [
+    ({"variants": {"a": {"model.decoder": "transposed"}}, "sedes": 2}, "sedes"),
+    ({"variants": {"a": {"model.decoder": "nope"}}}, "variant 'a'"),
+    ({"variants": {"b": {"model.decoder": "transposed", "decoder.interpolation": "nearest"}}}, "variant 'b'"),
+    ({"variants": {}}, "variants"),
+    ({"variants": {"a": {"model.decoder": "transposed"}}, "seeds": 0}, "seeds"),
+])
+def test_bad_ablation_file_fails_before_training(tmp_path, spec, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        plan(_write(tmp_path, spec))
+
+
+def test_paired_bootstrap_known_answers():
+    mean, lo, hi = paired_bootstrap(np.full(50, 0.1), 500)
+    assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    noise = np.random.default_rng(1).normal(0.0, 0.3, 400)
+    _, lo, hi = paired_bootstrap(noise - noise.mean(), 2000)
+    assert lo < 0 < hi
+    _, lo, hi = paired_bootstrap(noise - noise.mean() + 0.2, 2000)
+    assert lo > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(base: str, path: str, **params) -> dict:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        body = r.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}
+
+
+def _post(base: str, path: str, payload: dict) -> dict:
+    req = urllib.request.Request(f"{base}{path}", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SEGNET_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    spec = {"seeds": 1, "bootstrap": 200,
+            "overrides": [*tiny_overrides(tiny_synth, uri), "train.epochs=1", "tracking.log_model=false"],
+            "variants": {"transposed_k3": {"model.decoder": "transposed", "decoder.kernel_size": 3},
+                         "upsampling_nearest": {"model.decoder": "upsampling"}}}
+    f = _write(tmp_path, spec)
+    parent_id, summary = ablate(f, jobs=2)
+    assert list(summary.variant) == ["transposed_k3", "upsampling_nearest"]
+    assert summary.loc[1, "diff_lo"] <= summary.loc[1, "diff_mean"] <= summary.loc[1, "diff_hi"]
+    assert f"ablation_run_id: {parent_id}" in capsys.readouterr().out
+
+    # Rerunning the same ablation finds the parent by its hash and trains nothing again.
+    again, _ = ablate(f, jobs=1)
+    assert again == parent_id
+    assert "2 finished children kept, 0 to train" in capsys.readouterr().out
+
+    # Review through a real MLflow server's REST API, as the UI sees it.
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                _get(base, "/health")
+                break
+            except OSError:
+                time.sleep(0.5)
+        exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="test")["experiment"]
+        tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        found = _post(base, "/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [exp["experiment_id"]],
+            "filter": f"tags.mlflow.parentRunId = '{parent_id}'"})["runs"]
+        assert len(found) == 2
+        for r in found:
+            metrics = {m["key"] for m in r["data"]["metrics"]}
+            assert {"best_val_tgs_map", "artifact_periodic_energy", "val_tgs_map"} <= metrics
+            assert r["info"]["status"] == "FINISHED"
+        arts = {a["path"] for a in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)["files"]}
+        assert {"summary.csv", "summary.md", "plots"} <= arts
+        csv = _get(base, "/get-artifact", path="summary.csv", run_uuid=parent_id)["raw"]
+        assert "transposed_k3" in csv and "diff_lo" in csv
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,196 @@
+"""Training end to end on tiny synthetic data, into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from segnet import paths
+from segnet.config import load_config
+from segnet.models.decoders import DECODERS
+
+REQUIRED_EPOCH_METRICS = ("loss", "val_loss", "val_iou", "val_tgs_map", "lr", "epoch_time_s", "train_images_per_s")
+REQUIRED_FINAL_METRICS = (
+    "best_val_tgs_map", "best_val_iou", "best_threshold", "params_count", "train_time_s",
+    "artifact_periodic_energy", "artifact_periodic_energy_gt", "artifact_excess", "artifact_const_response",
+    "artifact_const_response_init", "artifact_overlap_unevenness",
+)
+REQUIRED_TAGS = ("segnet.decoder", "segnet.variant", "segnet.dataset", "segnet.data_fingerprint",
+                 "mlflow.source.git.commit")
+REQUIRED_ARTIFACTS = ("config.yaml", "plots/learning_curves.png", "plots/spectra.png", "plots/const_response.png",
+                      "plots/overlays_worst.png", "plots/overlays_best.png", "predictions/val_scores.csv")
+
+
+def tiny_overrides(data_dir: Path, uri: str) -> list[str]:
+    return [f"data.dir={data_dir}", "data.size=64", "data.resize_mode=resize", "data.limit=40", "data.n_folds=4",
+            "model.filters=4", "model.depth=3", "train.epochs=2", "train.batch_size=8", "eval.overlays=2",
+            f"tracking.uri={uri}", "tracking.experiment=test"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path or None):
+        out.add(f.path)
+        if f.is_dir:
+            out |= _artifact_paths(client, run_id, f.path)
+    return out
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_two_epoch_run_is_complete_in_mlflow(decoder, tiny_synth, store):
+    from segnet.train import train
+
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, store), f"model.decoder={decoder}"])
+    result = train(cfg)
+    client = MlflowClient(store)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    for key in REQUIRED_FINAL_METRICS:
+        assert key in run.data.metrics and np.isfinite(run.data.metrics[key]) or key == "artifact_excess", key
+    for key in REQUIRED_EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(result.run_id, key)]
+        assert steps == [0, 1], (key, steps)
+    for tag in REQUIRED_TAGS:
+        assert run.data.tags.get(tag), tag
+    assert run.data.tags["segnet.decoder"] == decoder and run.data.tags["segnet.dataset"] == "synthetic"
+    assert run.data.params["model.decoder"] == decoder and run.data.params["train.epochs"] == "2"
+    arts = _artifact_paths(client, result.run_id)
+    for a in REQUIRED_ARTIFACTS:
+        assert a in arts, (a, sorted(arts))
+    # MLflow 3 keeps the model as a LoggedModel linked to its run (shown in the run's page).
+    logged = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{result.run_id}'")
+    assert [m.name for m in logged] == ["model"]
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # The logged model reloads through the generic pyfunc API and predicts what the checkpoint predicts.
+    import keras
+
+    mlflow.set_tracking_uri(store)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    x = np.random.default_rng(0).random((3, 64, 64, 1), dtype=np.float32)
+    ref = keras.models.load_model(paths.RUNS_DIR / result.run_id / "best.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_run_ends_failed(tiny_synth, store, monkeypatch):
+    from segnet import evaluate
+    from segnet.train import train
+
+    def boom(*a, **k):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(evaluate, "evaluate_and_log", boom)
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, store), "train.epochs=1", "tracking.log_model=false"])
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train(cfg)
+    runs = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("test").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def _segnet_env(tmp_path: Path) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEGNET_RUNS_DIR": str(tmp_path / "runs")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _spawn_train(overrides: list[str], tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "segnet", "train", *overrides], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_segnet_env(tmp_path), cwd=paths.ROOT)
+
+
+def _wait_for_epoch(proc, runs_dir: Path, epoch: int, timeout: float = 240) -> Path:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for state in runs_dir.glob("*/state.json"):
+            try:
+                if json.loads(state.read_text())["epoch"] >= epoch:
+                    return state
+            except (json.JSONDecodeError, OSError):
+                pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def test_ctrl_c_ends_the_run_killed(tiny_synth, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    over = [*tiny_overrides(tiny_synth, uri), "train.epochs=50", "tracking.log_model=false"]
+    proc = _spawn_train(over, tmp_path)
+    _wait_for_epoch(proc, tmp_path / "runs", 0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tiny_synth, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from segnet.config import load_config
+from segnet.train import train, make_strategy
+assert make_strategy("mirrored").num_replicas_in_sync == 2
+cfg = load_config(None, {tiny_overrides(tiny_synth, uri)!r} + ["train.strategy=mirrored", "train.epochs=1",
+                  "tracking.log_model=false"])
+r = train(cfg)
+print("OK", r.metrics["best_val_tgs_map"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_segnet_env(tmp_path),
+                         cwd=paths.ROOT,
+                         timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_has_every_epoch_once(tiny_synth, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    over = [*tiny_overrides(tiny_synth, uri), "train.epochs=6", "tracking.log_model=false"]
+    proc = _spawn_train(over, tmp_path)
+    state = _wait_for_epoch(proc, tmp_path / "runs", 2)
+    proc.kill()  # SIGKILL: no handler runs, the MLflow run stays RUNNING
+    proc.communicate()
+    run_id = state.parent.name
+    again = subprocess.run([sys.executable, "-m", "segnet", "train", *over, "train.resume=true"],
+                           capture_output=True, text=True, env=_segnet_env(tmp_path), cwd=paths.ROOT, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"run_id: {run_id}" in again.stdout and "resume: run" in again.stdout
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_experiment_by_name("test").experiment_id])) == 1
+    for key in REQUIRED_EPOCH_METRICS:
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(6)), (key, steps)
+
+
+@pytest.mark.slow
+def test_quick_profile_learns_the_synthetic_data(tmp_path, monkeypatch):
+    """The default `make train` setting on the default synthetic data (generated on first use)."""
+    from segnet.train import train
+
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(load_config(None, [f"tracking.uri={uri}", "tracking.log_model=false"]))
+    # Measured: see the README's results table; the bound sits safely below it.
+    assert result.metrics["best_val_tgs_map"] > 0.70
