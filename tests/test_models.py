@@ -111,3 +111,84 @@ def test_describe_lists_every_stage_and_the_overlap():
     assert "0.00" in describe(_cfg("transposed", size=64, filters=4, options={"kernel_size": 4}))
     assert "1 of 4" in describe(_cfg("bed_of_nails", size=64, depth=2, filters=4))
     assert "1 of 4" in describe(_cfg("maxunpool", size=64, depth=2, filters=4))
+
+
+def _bn_pair(channels=6, **kwargs):
+    ref, fused = keras.layers.BatchNormalization(**kwargs), L.FusedBatchNormalization(**kwargs)
+    ref.build((None, 5, 7, channels))
+    fused.build((None, 5, 7, channels))
+    rng = np.random.default_rng(1)
+    for v in ref.weights:  # non-trivial gamma, beta and moving statistics, shared by both
+        v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
+    fused.set_weights(ref.get_weights())
+    return ref, fused
+
+
+def test_fused_batch_norm_matches_keras_in_inference_and_training():
+    ref, fused = _bn_pair(momentum=0.9)
+    x = (np.random.default_rng(2).standard_normal((3, 5, 7, 6)) * 2 + 1).astype("float32")
+    np.testing.assert_allclose(fused(x, training=False), ref(x, training=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused(x, training=True), ref(x, training=True), rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused.weights, ref.weights, strict=True):  # moving mean/variance updated the same way
+        assert a.path.split("/")[-1] == b.path.split("/")[-1]
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(fused.moving_mean), ref.get_weights()[2] * 0 + 1)  # it did move
+    ref2, fused2 = _bn_pair(channels=4, center=False, scale=False)
+    y = np.random.default_rng(3).standard_normal((2, 3, 3, 4)).astype("float32")
+    np.testing.assert_allclose(fused2(y, training=True), ref2(y, training=True), rtol=1e-4, atol=1e-4)
+    flat = np.ones((2, 4), "float32")  # not 4-D: the parent's call
+    np.testing.assert_allclose(L.FusedBatchNormalization()(flat, training=True), np.zeros((2, 4)), atol=1e-6)
+
+
+def test_fused_batch_norm_in_models_and_save_load(tmp_path):
+    model = build_model(_cfg(size=32, depth=2, filters=4))
+    bns = [layer for layer in model.layers if "BatchNormalization" in type(layer).__name__]
+    assert bns and all(type(layer) is L.FusedBatchNormalization for layer in bns)
+    assert L.FusedBatchNormalization().get_config().keys() == keras.layers.BatchNormalization().get_config().keys()
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    x = np.random.default_rng(4).standard_normal((4, 32, 32, 1)).astype("float32")
+    before = np.asarray(bns[0].moving_mean).copy()
+    model.fit(x, (x > 0).astype("float32"), batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(before, np.asarray(bns[0].moving_mean))  # fit trains
+    frozen = [np.asarray(v).copy() for v in bns[0].non_trainable_weights]
+    pred = model.predict(x, verbose=0)  # predict uses the moving statistics and changes nothing
+    for a, b in zip(frozen, bns[0].non_trainable_weights, strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.get_layer(bns[0].name)) is L.FusedBatchNormalization
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), pred, rtol=1e-5, atol=1e-5)
+
+
+def _np_unpool(x, indices):
+    """Numpy reference: each value of x at its flat per-image index in the (2h, 2w, C) grid."""
+    b, h, w, c = x.shape
+    out = np.zeros((b, 4 * h * w * c), x.dtype)
+    for i in range(b):
+        out[i, indices[i].ravel() % (4 * h * w * c)] = x[i].ravel()
+    return out.reshape(b, 2 * h, 2 * w, c)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 2), (1, 5, 5, 4)])
+def test_dense_max_unpool_equals_scatter_and_numpy(shape):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    a = tf.constant(rng.standard_normal(shape), tf.float32)
+    pooled, idx = L.MaxPoolWithArgmax()(a)
+    v = tf.constant(rng.standard_normal(pooled.shape), tf.float32)
+    dense, scatter = L.max_unpool(v, idx), L.max_unpool_scatter(v, idx)
+    np.testing.assert_array_equal(dense.numpy(), scatter.numpy())
+    np.testing.assert_array_equal(dense.numpy(), _np_unpool(v.numpy(), idx.numpy()))
+    up = L.MaxUnpool2D()([pooled, idx]).numpy()[:, : shape[1], : shape[2]]  # crop: each max back in place
+    assert np.count_nonzero(up) == pooled.numpy().size
+    np.testing.assert_array_equal(up[up != 0], a.numpy()[up != 0])
+    w = tf.constant(rng.standard_normal(dense.shape), tf.float32)
+    grads = []
+    for fn in (L.max_unpool, L.max_unpool_scatter):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            s = tf.reduce_sum(fn(v, idx) * w)
+        grads.append(tape.gradient(s, v).numpy())
+    np.testing.assert_array_equal(grads[0], grads[1])

@@ -10,11 +10,13 @@ from collections.abc import Callable
 
 import keras
 
+from segnet.models.layers import FusedBatchNormalization
+
 
 def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3):
     """Conv (no bias: BN follows) → BatchNorm → ReLU."""
     x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -24,15 +26,15 @@ def conv_block(x, filters: int, name: str, residual: bool = False):
     if not residual:
         x = conv_bn_relu(x, filters, f"{name}_1")
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_2_bn")(x)
+        x = FusedBatchNormalization(name=f"{name}_2_bn")(x)
         return keras.layers.Activation("relu", name=f"{name}_out")(x)
     shortcut = x
     if x.shape[-1] != filters:
         shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = FusedBatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = conv_bn_relu(x, filters, f"{name}_1")
     y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_2_bn")(y)
+    y = FusedBatchNormalization(name=f"{name}_2_bn")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 

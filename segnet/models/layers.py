@@ -4,6 +4,7 @@ Two kinds live here:
 
 * **operators** without weights — :class:`MaxPoolWithArgmax`, :class:`MaxUnpool2D`, :class:`BedOfNails2D`,
   :class:`PixelShuffle2D`, :class:`ChannelGroupSum`;
+* :class:`FusedBatchNormalization` — Keras' BatchNormalization on TF's fused kernel (same weights);
 * **upsamplers** — one layer per decoder holding its whole upsampling operator (resize or unpool *and*
   its convolution), so that the model has exactly one ``decoder{stage}_up`` layer per stage that the
   artifact metrics can feed a constant map: :class:`ResizeConv2D`, :class:`BilinearAdditiveConv2D`,
@@ -45,7 +46,23 @@ def _twice(d):
 
 
 def max_unpool(x, indices):
-    """Scatter ``x`` (B, h, w, C) to a zero (B, 2h, 2w, C) map at ``indices`` (see the module docstring)."""
+    """Put ``x`` (B, h, w, C) back at ``indices`` in a zero (B, 2h, 2w, C) map (see the module docstring).
+
+    Dense, scatter-free: each index's offset inside its 2x2 cell (``2 * (row % 2) + col % 2``) selects one
+    of four masked copies of ``x``; ``depth_to_space`` interleaves them into the 2x grid. Same result as
+    scattering (each cell holds exactly one argmax), with a dense gradient instead of a gather.
+    """
+    w, c = _dim(x, 2), _dim(x, 3)
+    per_image = tf.cast(4 * _dim(x, 1) * w * c, tf.int64)
+    pos = tf.math.floordiv(tf.math.floormod(tf.cast(indices, tf.int64), per_image), tf.cast(c, tf.int64))
+    pos = tf.cast(pos, tf.int32)  # y * 2w + x: small enough per image
+    off = tf.math.floormod(tf.math.floordiv(pos, 2 * w), 2) * 2 + tf.math.floormod(pos, 2)  # 0..3 in the cell
+    parts = [x * tf.cast(tf.equal(off, k), x.dtype) for k in range(4)]
+    return tf.nn.depth_to_space(tf.concat(parts, axis=-1), 2)
+
+
+def max_unpool_scatter(x, indices):
+    """Reference :func:`max_unpool` by ``tf.scatter_nd`` (slower; kept for tests and comparison)."""
     b = tf.shape(x)[0]
     h, w, c = _dim(x, 1), _dim(x, 2), _dim(x, 3)
     b64, n = tf.cast(b, tf.int64), tf.cast(4 * h * w * c, tf.int64)
@@ -133,7 +150,8 @@ class MaxUnpool2D(keras.layers.Layer):
 
     ``argmax`` comes from :class:`MaxPoolWithArgmax` on a map with the same channels as ``x``. The output
     is the 2x grid; crop it to the pooled-from shape (odd sizes lose the last row/column, which 'SAME'
-    pooling padded). Uses ``tf.scatter_nd``; marked ``supports_jit = False`` with the pooling it undoes.
+    pooling padded). Dense ops (see :func:`max_unpool`); marked ``supports_jit = False`` with the pooling
+    it undoes.
     """
 
     def __init__(self, **kwargs):
@@ -197,6 +215,57 @@ class ChannelGroupSum(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` running TF's fused kernel (``FusedBatchNormV3``) on 4-D NHWC inputs.
+
+    Keras 3 builds BN from separate moment ops, a third of a CPU training step here; the fused kernel does
+    the same maths in one pass. Same weights, config and moving-statistic update (``assign`` with
+    ``momentum``, the biased batch variance as Keras uses), so checkpoints are interchangeable. Computes in
+    float32 like Keras (mixed precision casts back to the compute dtype). Anything else — other ranks or
+    axes, masks, renorm, synchronized BN — falls back to the parent's ``call``.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and mask is None
+            and not self.renorm
+            and not getattr(self, "synchronized", False)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)
+        c = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([c], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([c], tf.float32)
+        if training and self.trainable:
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon, is_training=True)
+            # The kernel returns the Bessel-corrected variance; Keras tracks the biased one.
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+            var = var * ((n - 1.0) / tf.maximum(n, 1.0))
+            m = self.momentum
+            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m + mean * (1.0 - m))
+            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * m + var * (1.0 - m))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                gamma,
+                beta,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(y, self.compute_dtype)
 
 
 # ----------------------------------------------------------------------------- initializers
@@ -388,6 +457,7 @@ CUSTOM_OBJECTS = {
         BedOfNails2D,
         PixelShuffle2D,
         ChannelGroupSum,
+        FusedBatchNormalization,
         ICNR,
         ResizeConv2D,
         BilinearAdditiveConv2D,
