@@ -39,10 +39,10 @@ def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool 
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise SegnetError(f"image folder not found: {images_dir}")
+    tr = load_run(run_id)
     images, ids = read_images(images_dir)
     if len(ids) == 0:
-        raise SegnetError(f"no PNG images in {images_dir}")
-    tr = load_run(run_id)
+        raise SegnetError(f"no .png images in {images_dir}")
     tta = tr.cfg.eval.tta if tta is None else tta
     t0 = time.perf_counter()
     masks = predict_masks(tr.model, tr.cfg, images, tr.threshold, tta)

@@ -221,7 +221,7 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
             t0 = time.perf_counter()
             if fit_verbose:
                 log(f"epoch {epoch + 1}/{cfg.train.epochs}")
-            hist = model.fit(train_ds, epochs=1, verbose=fit_verbose)
+            hist = model.fit(train_ds, epochs=1, verbose=fit_verbose, shuffle=False)  # the pipeline shuffles
             t_train = time.perf_counter() - t0
             scores = validation_scores(cfg, model, val_images_net, masks[val_idx], get_loss(want_loss))
             epoch_time = time.perf_counter() - t0

@@ -65,8 +65,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(base: str, path: str, **params) -> dict:
-    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+def _get(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}" if params else f"{base}{endpoint}"
     with urllib.request.urlopen(url, timeout=30) as r:
         body = r.read()
     return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}

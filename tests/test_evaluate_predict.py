@@ -44,7 +44,8 @@ def test_evaluate_logs_eval_metrics_with_the_dataset_fingerprint(trained, tiny_s
         assert f"eval_{key}" in run.data.metrics
     # On the training dataset, evaluation uses the run's own validation fold and threshold: same numbers.
     assert metrics["val_tgs_map_tuned"] == pytest.approx(run.data.metrics["val_tgs_map_tuned"], abs=1e-6)
-    assert run.data.tags["segnet.eval_data_fingerprint"] == fingerprint(tiny_synth)
+    # data.limit=40 in the tiny config: a subset is fingerprinted as such.
+    assert run.data.tags["segnet.eval_data_fingerprint"] == f"{fingerprint(tiny_synth)}-limit40"
 
 
 def test_evaluate_on_the_real_data(trained):
@@ -86,7 +87,7 @@ def test_predict_bad_input_leaves_nothing_behind(trained, tmp_path):
     with pytest.raises(SegnetError, match="not found"):
         predict_run(run_id, tmp_path / "nope", out)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SegnetError, match="no PNG"):
+    with pytest.raises(SegnetError, match="no .png images"):
         predict_run(run_id, tmp_path / "empty", out)
     bad = tmp_path / "bad"
     bad.mkdir()
