@@ -22,10 +22,10 @@ class TrainedRun:
 
 def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
     """The run's resolved config (with ``overrides``), its best model and its tuned threshold."""
+    uri = tracking.tracking_uri()
+    info = tracking.get_run(uri, run_id)  # before TensorFlow is imported: a wrong id fails fast and quietly
     from segnet.models.decoders import resolve_decoder
 
-    uri = tracking.tracking_uri()
-    info = tracking.get_run(uri, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         text = tracking.download_artifact(uri, run_id, "config.yaml", tmp).read_text()
     cfg = config_from_yaml(text, overrides, where=f"run {run_id} config.yaml")

@@ -105,4 +105,6 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
     out = subprocess.run([sys.executable, "-m", "segnet", "predict", "--run-id", "f" * 32, "--images",
                           str(tmp_path), "--out", str(tmp_path / "s.csv")], capture_output=True, text=True, env=env)
     assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "segnet: error:" in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("segnet: error:")]
+    assert len(errors) == 1 and out.stderr.strip().splitlines()[-1] == errors[0] and "not found" in errors[0]
+    assert "Traceback" not in out.stderr
