@@ -106,7 +106,7 @@ def evaluate_and_log(run, model, cfg: Config, spec, images, masks, ids, prefix: 
     metrics = {f"{prefix}{k}": v for k, v in out["metrics"].items()}
     run.log_metrics(metrics)
     folder = "eval/" if prefix else ""
-    run.log_dataframe(out["scores"], f"{folder}predictions/val_scores.csv" if not prefix else f"eval/predictions/scores.csv")
+    run.log_dataframe(out["scores"], "eval/predictions/scores.csv" if prefix else "predictions/val_scores.csv")
     for path, fig in out["figures"].items():
         run.log_figure(fig, f"{folder}{path}")
     return out["metrics"]

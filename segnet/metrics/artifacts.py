@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from segnet.metrics.segmentation import as_stack
+
 __all__ = [
     "crop_to_multiple",
     "periodic_energy_scores",
@@ -39,20 +41,11 @@ __all__ = [
 _ZERO_ENERGY_RTOL = 1e-20  # variance below this × mean square counts as a constant map
 
 
-def _as_maps(x: np.ndarray) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim == 4 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"expected maps of shape (B,N,N), (B,N,N,1) or (N,N), got {np.shape(x)}")
-    return a
 
 
 def crop_to_multiple(maps: np.ndarray, multiple: int = 4) -> np.ndarray:
     """Centre-crop the two spatial axes of (B, H, W) to the largest multiple of ``multiple``."""
-    a = _as_maps(maps)
+    a = as_stack(maps)
     h, w = a.shape[1:]
     hh, ww = h - h % multiple, w - w % multiple
     if hh == 0 or ww == 0:
@@ -94,7 +87,7 @@ def artifact_periodic_energy(logits: np.ndarray) -> float:
 
 def artifact_periodic_energy_gt(masks: np.ndarray) -> float:
     """:func:`artifact_periodic_energy` of the ground truth, taken as 2·mask − 1 (empty masks skipped)."""
-    m = _as_maps(masks).astype(np.float64)
+    m = as_stack(masks).astype(np.float64)
     return artifact_periodic_energy(2.0 * m - 1.0)
 
 

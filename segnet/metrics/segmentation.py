@@ -44,21 +44,21 @@ TGS_THRESHOLDS = _TGS_K / 20.0
 DEFAULT_PROB_THRESHOLDS = np.linspace(0.2, 0.8, 25)
 
 
-def _as_stack(x: np.ndarray) -> np.ndarray:
-    """(H,W) → (1,H,W); (N,H,W,1) → (N,H,W); (N,H,W) unchanged."""
+def as_stack(x: np.ndarray) -> np.ndarray:
+    """(H,W) → (1,H,W); (N,H,W,1) → (N,H,W); (N,H,W) unchanged. Shared by the artifact metrics."""
     a = np.asarray(x)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3:
-        raise ValueError(f"expected masks of shape (N,H,W), (N,H,W,1) or (H,W), got {np.shape(x)}")
+        raise ValueError(f"expected maps or masks of shape (N,H,W), (N,H,W,1) or (H,W), got {np.shape(x)}")
     return a
 
 
 def as_masks(x: np.ndarray) -> np.ndarray:
     """Binary masks as a bool array (N, H, W); numeric inputs are binarised with ``> 0.5``."""
-    a = _as_stack(x)
+    a = as_stack(x)
     return a if a.dtype == bool else a > 0.5
 
 
@@ -144,7 +144,7 @@ def _counts_per_threshold(
     the counts for every threshold at once. Returns arrays of shape (N, T), (N, T), (N,).
     """
     t = as_masks(truth)
-    p = _as_stack(probs).astype(np.float64, copy=False)
+    p = as_stack(probs).astype(np.float64, copy=False)
     if t.shape != p.shape:
         raise ValueError(f"truth and probability shapes differ: {t.shape} vs {p.shape}")
     n, n_t = t.shape[0], len(thresholds)
