@@ -42,12 +42,19 @@ cannot be separated there; ``--quick`` therefore reports ``rss_growth_mb`` measu
 (``VmHWM`` reset through ``/proc/self/clear_refs`` before the model's warm-up: a lower bound) and
 leaves the subprocess numbers to the full run.
 
+Levers (``--levers``): the default model step by step from the tutorial's setting to segnet's, in one
+interleaved run with the baseline, so each lever's ratio is measured in the same run:
+``keras_bn_resize128`` (the default decoder, input resized to 128, Keras 3's own BatchNormalization),
+``keras_bn_pad112`` (native resolution: 101 reflect-padded to 112) and the default model itself
+(112, :class:`~segnet.models.layers.FusedBatchNormalization`). Outputs go to ``bench/levers.*``.
+
 Outputs: ``bench/results.csv`` and ``.json`` (or ``--out``), a table on stdout, and an MLflow run in the
 experiment ``segnet-bench`` (params, per-model metrics ``<model>.<metric>``, the CSV and JSON, a bar chart).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -68,6 +75,12 @@ from segnet import paths
 BASELINE = "baseline_keras_unet"
 EXPERIMENT = "segnet-bench"
 DEFAULT_OUT = paths.ROOT / "bench" / "results"
+LEVERS_OUT = paths.ROOT / "bench" / "levers"
+# lever rows: the default decoder with config overrides and Keras' own (unfused) BatchNormalization
+LEVERS = {
+    "keras_bn_resize128": ("data.size=128", "data.resize_mode=resize"),
+    "keras_bn_pad112": (),
+}
 INFER_BATCH = 64
 IMG = 101
 
@@ -517,14 +530,34 @@ def decoder_names() -> list[str]:
     return list(DECODERS)
 
 
+@contextlib.contextmanager
+def _keras_batchnorm():
+    """Build models with Keras 3's own BatchNormalization instead of the fused layer (the lever rows)."""
+    import keras
+
+    from segnet.models import blocks
+
+    fused = blocks.FusedBatchNormalization
+    blocks.FusedBatchNormalization = keras.layers.BatchNormalization
+    try:
+        yield
+    finally:
+        blocks.FusedBatchNormalization = fused
+
+
 def _build_segnet(name: str, cfg):
     import keras
 
     from segnet.losses import get_loss
     from segnet.models import build_model
 
-    c = cfg.replace([f"model.decoder={name}"])
-    model = build_model(c)
+    if name in LEVERS:
+        c = cfg.replace(list(LEVERS[name]))
+        with _keras_batchnorm():
+            model = build_model(c)
+    else:
+        c = cfg.replace([f"model.decoder={name}"])
+        model = build_model(c)
     model.compile(optimizer=keras.optimizers.Adam(c.train.lr), loss=get_loss(c.train.loss))
     return c, model, get_loss(c.train.loss)
 
@@ -545,7 +578,7 @@ def make_entry(name: str, cfg, images: np.ndarray, masks: np.ndarray, base_xy=No
         loss_fn, lr, decoder = keras.losses.binary_crossentropy, 1e-3, ""
     else:
         c, model, loss_fn = _build_segnet(name, cfg)
-        batch, size, lr, decoder = c.train.batch_size, c.data.size, c.train.lr, name
+        batch, size, lr, decoder = c.train.batch_size, c.data.size, c.train.lr, c.model.decoder
         ds = segnet_dataset(images, masks, c)
     xb, yb, xi = _fixed_batches(ds, batch, INFER_BATCH)
     # One real fit step: builds the optimizer and traces Keras' train function (what fit runs per step).
@@ -792,7 +825,7 @@ def log_to_mlflow(df, summary: dict, csv_path: Path, json_path: Path, quick: boo
 # ------------------------------------------------------------------------------------------- main
 
 
-def bench(quick: bool = False, out: str | Path | None = None, *, names: Sequence[str] | None = None,
+def bench(quick: bool = False, out: str | Path | None = None, *, levers: bool = False, names: Sequence[str] | None = None,
           settings: Settings | None = None, overrides: Sequence[str] = (), log_mlflow: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark; write CSV/JSON, print the table, log to MLflow. Returns the summary dict
     (``rows``: one dict per model; ``machine``; ``findings``; ``run_id``)."""
@@ -808,6 +841,9 @@ def bench(quick: bool = False, out: str | Path | None = None, *, names: Sequence
     cfg = default_config()
     if overrides:
         cfg = cfg.replace(list(overrides))
+    if levers:
+        names = [*LEVERS, cfg.model.decoder] if names is None else [*LEVERS, *names]
+        out = out or LEVERS_OUT
     all_names = [*(names if names is not None else decoder_names()), BASELINE]
     all_names = list(dict.fromkeys(all_names))
 
@@ -872,7 +908,7 @@ def bench(quick: bool = False, out: str | Path | None = None, *, names: Sequence
     findings["loadavg_start"] = load_start
     findings["loadavg_end"] = os.getloadavg()[0]
     summary = {
-        "settings": {**asdict(s), "quick": quick, "infer_batch": INFER_BATCH, "models": ",".join(all_names)},
+        "settings": {**asdict(s), "quick": quick, "levers": levers, "infer_batch": INFER_BATCH, "models": ",".join(all_names)},
         "environment": {
             "tensorflow": tf.__version__, "keras": keras.__version__, "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),

@@ -8,7 +8,7 @@
     python -m segnet evaluate --run-id ID [key=value ...]
     python -m segnet predict --run-id ID --images DIR --out submission.csv [--tta]
     python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [key=value ...]
-    python -m segnet bench [--quick] [--out FILE]
+    python -m segnet bench [--quick] [--levers] [--out FILE]
     python -m segnet ui [--host H] [--port P]
 
 Errors a user can cause print one line on stderr and exit with code 2.
@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
     be = sub.add_parser("bench", help="speed, memory and FLOP/s of every decoder vs the baseline U-Net")
     be.add_argument("--quick", action="store_true", help="a short run (a minute or two)")
-    be.add_argument("--out", default=None, help="CSV/JSON output prefix (default bench/results)")
+    be.add_argument("--levers", action="store_true",
+                    help="the default model lever by lever (128 resize, 112 pad, fused BN) vs the baseline")
+    be.add_argument("--out", default=None, help="CSV/JSON output prefix (default bench/results, bench/levers)")
     ui = sub.add_parser("ui", help="serve the MLflow UI for the tracking store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
@@ -120,7 +122,7 @@ def _dispatch(args) -> int | None:
     if cmd == "bench":
         from segnet.bench import bench
 
-        bench(quick=args.quick, out=args.out)
+        bench(quick=args.quick, out=args.out, levers=args.levers)
         return 0
     if cmd == "ui":
         from segnet.tracking import serve_ui

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from segnet import paths
-from segnet.ablate import ablate, paired_bootstrap, plan
+from segnet.ablate import SUMMARY_METRICS, ablate, paired_bootstrap, plan, summary_markdown
 from segnet.errors import ConfigError
 
 from .test_train import tiny_overrides
@@ -59,6 +59,20 @@ def test_paired_bootstrap_known_answers():
     assert lo > 0
 
 
+def test_summary_table_shows_the_final_scores_the_interval_compares():
+    import pandas as pd
+
+    row = {f"{k}_{s}": 0.0 for k in [*SUMMARY_METRICS, "train_images_per_s", "epoch_time_s"] for s in ("mean", "std")}
+    ref = {**row, "variant": "a", "seeds": 1, "tgs_map_mean": 0.70, "tgs_map_tuned_mean": 0.7358,
+           "diff_mean": 0.0, "diff_lo": 0.0, "diff_hi": 0.0, "significant": False}
+    other = {**ref, "variant": "b", "tgs_map_mean": 0.7317, "tgs_map_tuned_mean": 0.7958,
+             "diff_mean": 0.06, "diff_lo": 0.0337, "diff_hi": 0.0888, "significant": True}
+    table = summary_markdown(pd.DataFrame([ref, other])).splitlines()
+    assert "| final | final - ref [95% CI] |" in table[0]
+    assert "| 0.7958 ± 0.0000 | +0.0600 [+0.0337, +0.0888] ** |" in table[3]
+    assert "| 0.7358 ± 0.0000 | reference |" in table[2]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,10 +108,16 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path,
     assert summary.loc[1, "diff_lo"] <= summary.loc[1, "diff_mean"] <= summary.loc[1, "diff_hi"]
     assert f"ablation_run_id: {parent_id}" in capsys.readouterr().out
 
-    # Rerunning the same ablation finds the parent by its hash and trains nothing again.
+    from mlflow import MlflowClient
+
+    first_wall = MlflowClient(uri).get_run(parent_id).data.metrics["wall_time_s"]
+
+    # Rerunning the same ablation finds the parent by its hash and trains nothing again; its wall time
+    # adds to the first invocation's instead of replacing it.
     again, _ = ablate(f, jobs=1)
     assert again == parent_id
     assert "2 finished children kept, 0 to train" in capsys.readouterr().out
+    assert MlflowClient(uri).get_run(parent_id).data.metrics["wall_time_s"] > first_wall
 
     # Review through a real MLflow server's REST API, as the UI sees it.
     port = _free_port()
@@ -127,6 +147,10 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path,
         assert {"summary.csv", "summary.md", "plots"} <= arts
         csv = _get(base, "/get-artifact", path="summary.csv", run_uuid=parent_id)["raw"]
         assert "transposed_k3" in csv and "diff_lo" in csv
+        parent = _get(base, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]["data"]
+        best = summary.loc[summary.tgs_map_tuned_mean.idxmax(), "variant"]
+        assert {t["key"]: t["value"] for t in parent["tags"]}["segnet.best_variant"] == best
+        assert {m["key"] for m in parent["metrics"]} >= {"best_tgs_map_tuned_mean", "wall_time_s"}
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -108,3 +108,38 @@ def test_bench_quick_defaults(tmp_path, store):
     out = tmp_path / "quick.csv"
     summary = bench(quick=True, out=out)
     _check(out, summary, list(DECODERS), store)
+
+
+def test_lever_models_swap_only_what_they_name():
+    """The lever rows: Keras' own BatchNormalization (and 128 resize for the first), nothing else changed;
+    the default model keeps the fused layer afterwards."""
+    import keras
+
+    from segnet.bench import _build_segnet, default_config
+    from segnet.models.layers import FusedBatchNormalization
+
+    cfg = default_config().replace(TINY_OVERRIDES)
+
+    def bn_types(model):
+        return {type(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    c128, m128, _ = _build_segnet("keras_bn_resize128", cfg)
+    c112, m112, _ = _build_segnet("keras_bn_pad112", cfg)
+    cdef, mdef, _ = _build_segnet("transposed", cfg)
+    assert (c128.data.size, c128.data.resize_mode, c112.data.size, c112.data.resize_mode) == (128, "resize", 112, "pad")
+    assert bn_types(m128) == bn_types(m112) == {keras.layers.BatchNormalization}
+    assert bn_types(mdef) == {FusedBatchNormalization}
+    assert c112.model == cdef.model and m112.count_params() == mdef.count_params()
+
+
+def test_bench_levers_rows(tmp_path, store):
+    from segnet.bench import BASELINE, Settings, bench
+
+    tiny = Settings(rounds=1, warmup=0, train_steps=1, step_steps=0, infer_steps=1, n_images=8,
+                    pipeline_batches=1, peak_repeats=1, memory="inprocess", baseline_size=32, baseline_filters=4)
+    out = tmp_path / "levers.csv"
+    summary = bench(quick=True, out=out, levers=True, settings=tiny, overrides=TINY_OVERRIDES, log=lambda s: None)
+    df = pd.read_csv(out).set_index("model")
+    assert list(df.index) == ["keras_bn_resize128", "keras_bn_pad112", "transposed", BASELINE]
+    assert list(df.input_size) == [128, 112, 112, 32] and (df.train_x_baseline > 0).all()
+    assert summary["settings"]["levers"] is True
