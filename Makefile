@@ -20,6 +20,8 @@ OUT ?= submission.csv
 SEEDS ?=
 JOBS ?=
 TTA ?=
+QUICK ?=
+LEVERS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -69,8 +71,8 @@ ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEE
 	$(PY) -m segnet ablate $(CFG) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
 	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS)
 
-bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 for a short one)
-	$(PY) -m segnet bench $(if $(QUICK),--quick)
+bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 short, LEVERS=1 lever by lever)
+	$(PY) -m segnet bench $(if $(QUICK),--quick) $(if $(LEVERS),--levers)
 
 ui: $(STAMP) ## serve the MLflow UI for the embedded store on $(HOST):$(PORT)
 	$(PY) -m segnet ui --host $(HOST) --port $(PORT)

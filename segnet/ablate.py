@@ -270,8 +270,9 @@ def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: flo
     parent.log_dataframe(summary, "summary.csv")
     parent.log_dataframe(runs_df, "children.csv")
     parent.log_text(summary_markdown(summary), "summary.md")
-    parent.log_figure(plots.plot_ablation(summary), "plots/ablation.png")
-    parent.log_figure(plots.plot_bootstrap_ci(summary), "plots/bootstrap_ci.png")
+    ref = summary.variant.iloc[0]
+    parent.log_figure(plots.plot_ablation(summary, reference=ref), "plots/ablation.png")
+    parent.log_figure(plots.plot_bootstrap_ci(summary, reference=ref), "plots/bootstrap_ci.png")
     best = summary.loc[summary.tgs_map_tuned_mean.idxmax()]  # judged on the scores the CIs compare
     parent.log_metrics({"wall_time_s": wall, "best_tgs_map_mean": float(best.tgs_map_mean),
                         "best_tgs_map_tuned_mean": float(best.tgs_map_tuned_mean),

@@ -107,6 +107,10 @@ def test_plot_ablation(tmp_path):
     assert _png_ok(plots.save(plots.plot_ablation(df, reference="transposed"), tmp_path / "a.png"))
     minimal = df[["variant", "tgs_map_mean", "tgs_map_std"]]
     assert _png_ok(plots.save(plots.plot_ablation(minimal), tmp_path / "a2.png"))
+    with_final = df.assign(tgs_map_tuned_mean=[0.74, 0.80, 0.77], tgs_map_tuned_std=0.0)
+    fig = plots.plot_ablation(with_final, reference="transposed")
+    assert len(fig.axes[0].patches) == 2 * len(df)  # best-epoch and final bars side by side
+    assert _png_ok(plots.save(fig, tmp_path / "a3.png"))
 
 
 def test_plot_bootstrap_ci(tmp_path):
