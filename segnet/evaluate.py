@@ -52,7 +52,7 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     logits_plain = predict_logits(model, x, cfg.train.batch_size, tta=False)
     logits = predict_logits(model, x, cfg.train.batch_size, tta=True) if cfg.eval.tta else logits_plain
     truth = masks[..., 0] > 0.5
-    probs = 1.0 / (1.0 + np.exp(-from_network(logits, cfg.data.resize_mode)[..., 0]))
+    probs = segmentation.sigmoid(from_network(logits, cfg.data.resize_mode)[..., 0])
     plain = from_network(logits_plain, cfg.data.resize_mode)[..., 0] > 0.0
 
     if threshold is None:

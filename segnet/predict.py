@@ -17,6 +17,7 @@ def predict_masks(model, cfg, images: np.ndarray, threshold: float, tta: bool, p
     from tqdm import tqdm
 
     from segnet.data.pipeline import from_network, to_network
+    from segnet.metrics.segmentation import sigmoid
     from segnet.train import predict_logits
 
     out = np.zeros(images.shape[:3], dtype=bool)
@@ -25,7 +26,7 @@ def predict_masks(model, cfg, images: np.ndarray, threshold: float, tta: bool, p
     for i in range(0, len(images), step):
         x = to_network(images[i : i + step], cfg.data.size, cfg.data.resize_mode)
         z = from_network(predict_logits(model, x, step, tta=tta), cfg.data.resize_mode)[..., 0]
-        out[i : i + step] = 1.0 / (1.0 + np.exp(-z)) > threshold
+        out[i : i + step] = sigmoid(z) > threshold
         bar.update(len(x))
     bar.close()
     return out

@@ -15,6 +15,7 @@ from segnet.metrics.segmentation import (
     pixel_iou,
     score_table,
     search_threshold,
+    sigmoid,
     tgs_map,
     tgs_scores,
 )
@@ -199,3 +200,13 @@ def test_score_table():
     np.testing.assert_array_equal(df["tgs"], [1.0, 1.0])
     with pytest.raises(ValueError):
         score_table(["a"], t, t)
+
+
+def test_sigmoid_is_finite_and_silent_for_extreme_logits():
+    # a trained net's logits reach +-1e3 (np.exp overflowed there with a RuntimeWarning)
+    z = np.array([-1e4, -1e3, -30.0, -1.0, 0.0, 1.0, 30.0, 1e3, 1e4], dtype=np.float32)
+    with np.errstate(all="raise"):
+        p = sigmoid(z)
+    ref = 1.0 / (1.0 + np.exp(-z[2:7].astype(np.float64)))
+    np.testing.assert_allclose(p[2:7], ref, atol=1e-6)
+    assert p[0] == 0.0 and p[1] == 0.0 and p[-1] == 1.0 and p[-2] == 1.0

@@ -44,6 +44,12 @@ TGS_THRESHOLDS = _TGS_K / 20.0
 DEFAULT_PROB_THRESHOLDS = np.linspace(0.2, 0.8, 25)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits without overflow for any float (a trained net's logits reach ±1e3)."""
+    z = np.asarray(logits, dtype=np.float32)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 def as_stack(x: np.ndarray) -> np.ndarray:
     """(H,W) → (1,H,W); (N,H,W,1) → (N,H,W); (N,H,W) unchanged. Shared by the artifact metrics."""
     a = np.asarray(x)
