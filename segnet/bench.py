@@ -734,6 +734,20 @@ def results_table(entries: list[Entry], peaks: dict, memory: dict[str, dict]) ->
     return rows
 
 
+def summary_line(machine: dict, findings: dict) -> str:
+    """The bench's closing line: machine peaks, pipeline rate, and the ratios of the models that were run."""
+    parts = [f"peak: matmul {machine['matmul_gflops']:.0f} GFLOP/s, conv3x3 {machine['conv_gflops']:.0f} GFLOP/s",
+             f"pipeline {findings['pipeline_images_per_s']:.0f} images/s"]
+    if "default_model" in findings:
+        parts.append(f"{findings['default_model']} x baseline: train {findings['default_train_x_baseline']:.2f}, "
+                     f"infer {findings['default_infer_x_baseline']:.2f}, "
+                     f"{findings['default_train_pct_conv_peak']:.0f}% of conv peak")
+    ratio = findings.get("unpool_over_transposed_train", float("nan"))
+    if np.isfinite(ratio):
+        parts.append(f"maxunpool/transposed train time {ratio:.2f}x")
+    return "; ".join(parts)
+
+
 def paired_ratio(entries: list[Entry], num: str, den: str, kind: str) -> float:
     """Median over rounds of time-per-image(num) / time-per-image(den)."""
     by = {e.name: e for e in entries}
@@ -925,9 +939,7 @@ def bench(quick: bool = False, out: str | Path | None = None, *, levers: bool = 
     log("")
     log(format_table(rows))
     log("")
-    log(f"peak: matmul {machine['matmul_gflops']:.0f} GFLOP/s, conv3x3 {machine['conv_gflops']:.0f} GFLOP/s; pipeline "
-        f"{findings['pipeline_images_per_s']:.0f} images/s; maxunpool/transposed train time "
-        f"{findings['unpool_over_transposed_train']:.2f}x")
+    log(summary_line(machine, findings))
     run_id = None
     if log_mlflow:
         json_path.write_text(json.dumps(summary, indent=2, default=_json_default))

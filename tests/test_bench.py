@@ -85,6 +85,20 @@ def test_round_order_interleaves():
     assert set(mean_pos.values()) == {1.0}  # every model in every position equally often
 
 
+def test_summary_line_names_only_the_ratios_that_were_measured():
+    from segnet.bench import summary_line
+
+    machine = {"matmul_gflops": 480.0, "conv_gflops": 490.0}
+    levers = {"pipeline_images_per_s": 7000.0, "unpool_over_transposed_train": float("nan"),
+              "default_model": "transposed", "default_train_x_baseline": 1.9,
+              "default_infer_x_baseline": 1.59, "default_train_pct_conv_peak": 66.4}
+    line = summary_line(machine, levers)
+    assert "nan" not in line and "maxunpool" not in line  # --levers runs no maxunpool
+    assert "transposed x baseline: train 1.90, infer 1.59, 66% of conv peak" in line
+    full = summary_line(machine, {**levers, "unpool_over_transposed_train": 1.06})
+    assert full.endswith("maxunpool/transposed train time 1.06x")
+
+
 def test_bench_smoke_every_decoder(tmp_path, store):
     """Tiny models, every registered decoder + the baseline, the whole harness and the MLflow run."""
     from segnet.bench import Settings, bench
