@@ -132,7 +132,10 @@ def _wait_for_epoch(proc, runs_dir: Path, epoch: int, timeout: float = 240) -> P
 
 def test_ctrl_c_ends_the_run_killed(tiny_synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    over = [*tiny_overrides(tiny_synth, uri), "train.epochs=50", "tracking.log_model=false"]
+    # far more epochs than the run can finish before the signal, even when a loaded host starves this
+    # test's process for a while (50 tiny epochs once ended normally before the SIGINT arrived)
+    over = [*tiny_overrides(tiny_synth, uri), "train.epochs=100000", "train.early_stopping=0",
+            "tracking.log_model=false"]
     proc = _spawn_train(over, tmp_path)
     _wait_for_epoch(proc, tmp_path / "runs", 0)
     proc.send_signal(signal.SIGINT)
