@@ -242,6 +242,51 @@ def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.Da
     return pd.DataFrame(out), runs_df
 
 
+def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
+    """Paired bootstrap of per-image final tgs scores of any finished runs against a reference run.
+
+    The runs need not belong to one ablation (different schedules, decoders, datasets options), but
+    they must have been evaluated on the same validation images; an image missing from either is an error.
+    """
+    from segnet import tracking
+
+    if n < 100:
+        raise SegnetError(f"bootstrap resamples must be >= 100; got {n}")
+
+    def scores(run_id: str, tmp: str) -> pd.Series:
+        tracking.get_run(uri, run_id)
+        csv = tracking.download_artifact(uri, run_id, "predictions/val_scores.csv", Path(tmp) / run_id)
+        return pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = scores(ref_id, tmp)
+        for run_id in run_ids:
+            s = scores(run_id, tmp)
+            if set(s.index) != set(ref.index):
+                raise SegnetError(f"run '{run_id}' was validated on other images than run '{ref_id}' "
+                                  f"({len(s.index.symmetric_difference(ref.index))} ids differ); "
+                                  "compare runs of the same data and fold")
+            mean, lo, hi = paired_bootstrap((s - ref[s.index]).to_numpy(), n)
+            rows.append({"run_id": run_id, "final": s.mean(), "ref_final": ref.mean(), "diff_mean": mean,
+                         "diff_lo": lo, "diff_hi": hi, "significant": bool(lo > 0 or hi < 0)})
+    return pd.DataFrame(rows)
+
+
+def compare(ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
+    """`segnet compare`: print each run's final score minus the reference's with its 95% interval."""
+    from segnet import tracking
+
+    uri = tracking.tracking_uri()
+    df = compare_runs(uri, ref_id, run_ids, n)
+    print(f"reference {ref_id}: final tgs_map {df.ref_final.iloc[0]:.4f} (flip TTA, tuned threshold)")
+    for r in df.itertuples():
+        mark = "  ** interval excludes 0" if r.significant else ""
+        print(f"{r.run_id}: final {r.final:.4f}  diff {r.diff_mean:+.4f} "
+              f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{mark}")
+    return df
+
+
 def summary_markdown(df: pd.DataFrame) -> str:
     """The summary as a markdown table. tgs_map and val_iou are the best epoch's (threshold 0.5, no TTA);
     final is the final evaluation of that checkpoint (flip TTA, tuned threshold), whose per-image scores

@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
     ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    co = sub.add_parser("compare", help="paired bootstrap of finished runs' final scores against a reference run")
+    co.add_argument("ref", help="run id of the reference")
+    co.add_argument("runs", nargs="+", help="run ids to compare with it (same data and fold)")
+    co.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     be = sub.add_parser("bench", help="speed, memory and FLOP/s of every decoder vs the baseline U-Net")
     be.add_argument("--quick", action="store_true", help="a short run (a minute or two)")
     be.add_argument("--levers", action="store_true",
@@ -118,6 +122,11 @@ def _dispatch(args) -> int | None:
         from segnet.ablate import ablate
 
         ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
+        return 0
+    if cmd == "compare":
+        from segnet.ablate import compare
+
+        compare(args.ref, args.runs, args.bootstrap)
         return 0
     if cmd == "bench":
         from segnet.bench import bench

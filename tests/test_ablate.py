@@ -17,6 +17,7 @@ import yaml
 
 from segnet import paths
 from segnet.ablate import SUMMARY_METRICS, ablate, paired_bootstrap, plan, summary_markdown
+from segnet.cli import main as cli_main
 from segnet.errors import ConfigError
 
 from .test_train import tiny_overrides
@@ -47,6 +48,15 @@ def test_default_ablation_plans_eight_variants():
 def test_bad_ablation_file_fails_before_training(tmp_path, spec, culprit):
     with pytest.raises(ConfigError, match=culprit):
         plan(_write(tmp_path, spec))
+
+
+def test_compare_names_the_missing_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert cli_main(["compare", "no_such_ref", "no_such_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_ref" in err[0] and "not found" in err[0]
+    assert cli_main(["compare", "a", "b", "--bootstrap", "5"]) == 2
+    assert ">= 100" in capsys.readouterr().err
 
 
 def test_paired_bootstrap_known_answers():
@@ -107,6 +117,18 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path,
     assert list(summary.variant) == ["transposed_k3", "upsampling_nearest"]
     assert summary.loc[1, "diff_lo"] <= summary.loc[1, "diff_mean"] <= summary.loc[1, "diff_hi"]
     assert f"ablation_run_id: {parent_id}" in capsys.readouterr().out
+
+    # The same interval from `segnet compare` on the two children (any finished runs can be compared).
+    from segnet.ablate import compare_runs
+    from segnet.tracking import find_runs
+
+    kids = {r.data.tags["segnet.variant"]: r.info.run_id
+            for r in find_runs(uri, "test", f"tags.`segnet.ablation_id` = '{parent_id}'")}
+    cmp = compare_runs(uri, kids["transposed_k3"], [kids["upsampling_nearest"]], n=200)
+    assert cmp.loc[0, ["diff_mean", "diff_lo", "diff_hi"]].tolist() == pytest.approx(
+        summary.loc[1, ["diff_mean", "diff_lo", "diff_hi"]].tolist())
+    assert cli_main(["compare", kids["transposed_k3"], kids["upsampling_nearest"], "--bootstrap", "200"]) == 0
+    assert f"{kids['upsampling_nearest']}: final " in capsys.readouterr().out
 
     from mlflow import MlflowClient
 
