@@ -111,9 +111,16 @@ def _segnet_env(tmp_path: Path) -> dict:
     return env
 
 
+def _interactive_signals() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python installs
+    # no KeyboardInterrupt handler for an ignored SIGINT: give the child the default a terminal gives.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn_train(overrides: list[str], tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "segnet", "train", *overrides], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_segnet_env(tmp_path), cwd=paths.ROOT)
+                            stderr=subprocess.STDOUT, text=True, env=_segnet_env(tmp_path), cwd=paths.ROOT,
+                            preexec_fn=_interactive_signals)
 
 
 def _wait_for_epoch(proc, runs_dir: Path, epoch: int, timeout: float = 240) -> Path:
@@ -132,8 +139,7 @@ def _wait_for_epoch(proc, runs_dir: Path, epoch: int, timeout: float = 240) -> P
 
 def test_ctrl_c_ends_the_run_killed(tiny_synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # far more epochs than the run can finish before the signal, even when a loaded host starves this
-    # test's process for a while (50 tiny epochs once ended normally before the SIGINT arrived)
+    # far more epochs than the run could finish before the signal arrives, whatever the host's load
     over = [*tiny_overrides(tiny_synth, uri), "train.epochs=100000", "train.early_stopping=0",
             "tracking.log_model=false"]
     proc = _spawn_train(over, tmp_path)
