@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from segnet import paths
-from segnet.config import config_from_yaml, load_config
+from segnet.config import Config, config_from_yaml, load_config
 from segnet.errors import ConfigError
 
 PROFILES = sorted(p for p in paths.CONFIGS.glob("*.yaml"))
@@ -99,3 +99,13 @@ def test_flat_params_cover_every_key():
     for key in ("data.dir", "data.size", "model.decoder", "model.filters", "model.depth", "train.epochs",
                 "train.batch_size", "train.seed", "tracking.uri", "tracking.experiment", "data.augment.hflip"):
         assert key in flat
+
+
+def test_readme_documents_every_config_key_in_a_well_formed_row():
+    readme = (paths.ROOT / "README.md").read_text().splitlines()
+    rows = {line.split("`")[1]: line for line in readme if line.startswith("| `") and "." in line.split("`")[1]}
+    for key in Config().flat():
+        assert key in rows, f"README's configuration table lacks {key}"
+        # an unescaped | inside a cell adds a column and breaks the table
+        cells = rows[key].replace("\\|", "").strip("|").split("|")
+        assert len(cells) == 3, rows[key]
