@@ -199,6 +199,20 @@ SUMMARY_METRICS = {
 }
 
 
+def _val_scores(uri: str, run_id: str, tmp: str | Path) -> pd.Series:
+    """A finished run's per-image final tgs scores (flip TTA, tuned threshold), indexed by image id."""
+    from segnet import tracking
+
+    csv = tracking.download_artifact(uri, run_id, "predictions/val_scores.csv", Path(tmp) / run_id)
+    return pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
+
+
+def _interval(diff: np.ndarray, n: int) -> dict:
+    """The paired-bootstrap columns of a per-image difference: mean, 95% bounds, whether they exclude 0."""
+    mean, lo, hi = paired_bootstrap(diff, n)
+    return {"diff_mean": mean, "diff_lo": lo, "diff_hi": hi, "significant": bool(lo > 0 or hi < 0)}
+
+
 def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per variant: mean and spread over seeds, and the paired bootstrap CI against the reference."""
     from segnet import tracking
@@ -216,8 +230,7 @@ def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.Da
                 hist = [x.value for x in c.get_metric_history(r.info.run_id, m)]
                 row[m] = float(np.median(hist)) if hist else np.nan
             rows.append(row)
-            csv = tracking.download_artifact(uri, r.info.run_id, "predictions/val_scores.csv", Path(tmp) / r.info.run_id)
-            per_image[(v, s)] = pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
+            per_image[(v, s)] = _val_scores(uri, r.info.run_id, tmp)
     runs_df = pd.DataFrame(rows)
     ref = p.variants[0]
     out = []
@@ -234,8 +247,7 @@ def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.Da
             a = pd.concat([per_image[(v, s)] for s in seeds], axis=1).mean(axis=1)
             b = pd.concat([per_image[(ref, s)] for s in seeds], axis=1).mean(axis=1)
             common = a.index.intersection(b.index)
-            mean, lo, hi = paired_bootstrap((a[common] - b[common]).to_numpy(), p.bootstrap)
-            row.update(diff_mean=mean, diff_lo=lo, diff_hi=hi, significant=bool(lo > 0 or hi < 0))
+            row.update(_interval((a[common] - b[common]).to_numpy(), p.bootstrap))
         else:
             row.update(diff_mean=0.0, diff_lo=0.0, diff_hi=0.0, significant=False)
         out.append(row)
@@ -254,9 +266,8 @@ def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd
         raise SegnetError(f"bootstrap resamples must be >= 100; got {n}")
 
     def scores(run_id: str, tmp: str) -> pd.Series:
-        tracking.get_run(uri, run_id)
-        csv = tracking.download_artifact(uri, run_id, "predictions/val_scores.csv", Path(tmp) / run_id)
-        return pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
+        tracking.get_run(uri, run_id)  # an unknown id: "not found", not "has no artifact"
+        return _val_scores(uri, run_id, tmp)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,9 +278,8 @@ def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd
                 raise SegnetError(f"run '{run_id}' was validated on other images than run '{ref_id}' "
                                   f"({len(s.index.symmetric_difference(ref.index))} ids differ); "
                                   "compare runs of the same data and fold")
-            mean, lo, hi = paired_bootstrap((s - ref[s.index]).to_numpy(), n)
-            rows.append({"run_id": run_id, "final": s.mean(), "ref_final": ref.mean(), "diff_mean": mean,
-                         "diff_lo": lo, "diff_hi": hi, "significant": bool(lo > 0 or hi < 0)})
+            rows.append({"run_id": run_id, "final": s.mean(), "ref_final": ref.mean(),
+                         **_interval((s - ref[s.index]).to_numpy(), n)})
     return pd.DataFrame(rows)
 
 
