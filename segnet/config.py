@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -151,8 +152,11 @@ _RANGES = {
     "data.size": (32, 1024),
     "data.n_folds": (2, 100),
     "data.fold": (0, 99),
+    "data.fold_seed": (0, 2**32 - 1),
     "data.limit": (0, None),
     "data.synth_n": (8, None),
+    "data.synth_seed": (0, 2**32 - 1),
+    "data.augment.rotate": (0.0, 180.0),
     "model.depth": (1, 6),
     "model.filters": (1, 1024),
     "model.dropout": (0.0, 0.9),
@@ -162,6 +166,7 @@ _RANGES = {
     "train.min_lr": (0.0, 10.0),
     "train.lovasz_epochs": (0, 100000),
     "train.early_stopping": (0, 100000),
+    "train.seed": (0, 2**32 - 1),  # what numpy's legacy seeding accepts
     "train.threads": (0, 1024),
     "eval.overlays": (0, 100),
 }
@@ -181,8 +186,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -243,14 +254,19 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(number):  # .nan, .inf, "nan", "-inf", 1e999: a run of NaN losses, not a number
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str) and value:
             return value
@@ -294,6 +310,11 @@ def _from_dict(d: dict) -> Config:
             f"config key 'data.size' is {cfg.data.size}, smaller than the 101x101 images: "
             "use data.resize_mode=resize or data.size >= 101"
         )
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(
+            f"config key 'train.min_lr' ({cfg.train.min_lr:g}) must be <= train.lr ({cfg.train.lr:g}): "
+            "it is the floor the schedule decays to"
+        )
     if cfg.data.fold >= cfg.data.n_folds:
         raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
     if cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs and cfg.train.loss != "lovasz_hinge":
@@ -326,8 +347,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     d = _read_yaml(paths.BASE_CONFIG)
     profile = Path(path) if path else paths.QUICK_CONFIG
     if profile.resolve() != paths.BASE_CONFIG.resolve():
+        profile_data = _read_yaml(profile)  # its errors already name the file
         try:
-            d = _merge(d, _read_yaml(profile))
+            d = _merge(d, profile_data)
         except ConfigError as e:
             raise ConfigError(f"{profile}: {e}") from None
     d = _apply_overrides(d, overrides)

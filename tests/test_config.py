@@ -48,6 +48,10 @@ def test_overrides_are_typed_and_applied():
         ("data.fold=7", "data.fold"),
         ("train", "key=value"),
         ("train=3", "train"),
+        ("train.seed=-1", "train.seed"),  # numpy refuses negative seeds: caught here, not in a traceback
+        ("data.fold_seed=-1", "data.fold_seed"),
+        ("data.synth_seed=-2", "data.synth_seed"),
+        ("data.augment.rotate=-5", "data.augment.rotate"),
     ],
 )
 def test_bad_config_fails_naming_the_key(override, culprit):
@@ -55,6 +59,51 @@ def test_bad_config_fails_naming_the_key(override, culprit):
         load_config(None, [override])
     msg = str(e.value)
     assert culprit in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.lr=.nan", "train.lr=nan", "train.lr=NaN", "train.lr=.inf", "train.lr=1e999", "train.min_lr=-.inf",
+     "model.dropout=.nan", "data.augment.hflip=.nan", "data.augment.rotate=.inf", "data.augment.shift=inf"],
+)
+def test_every_float_key_must_be_finite(override):
+    """NaN passes every range check (all comparisons are false): it must be refused by name."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and "finite" in msg and "\n" not in msg
+
+
+def test_non_finite_float_in_a_profile_file(tmp_path: Path):
+    bad = tmp_path / "nan.yaml"
+    bad.write_text("train:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"train\.lr.*finite"):
+        load_config(bad)
+
+
+def test_min_lr_above_lr_names_both_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.lr=1e-4", "train.min_lr=1e-3"])
+    msg = str(e.value)
+    assert "train.min_lr" in msg and "train.lr" in msg and "\n" not in msg
+    cfg = load_config(None, ["train.lr=1e-4", "train.min_lr=1e-4"])  # equal: a constant floor, allowed
+    assert cfg.train.min_lr == cfg.train.lr
+
+
+def test_config_path_that_is_a_folder(tmp_path: Path):
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "folder" in msg and "\n" not in msg
+    assert msg.count(str(tmp_path)) == 1  # named once, not "<path>: <path>: ..."
+
+
+def test_config_file_that_is_not_text(tmp_path: Path):
+    bad = tmp_path / "binary.yaml"
+    bad.write_bytes(b"\xff\xfe\x00\x81train")
+    with pytest.raises(ConfigError, match="binary.yaml"):
+        load_config(bad)
 
 
 def test_unknown_decoder_lists_the_valid_ones():

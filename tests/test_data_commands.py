@@ -50,3 +50,30 @@ def test_cmd_get_without_kaggle_explains_and_makes_synthetic(tmp_path, monkeypat
     assert "TGS_DATA" in out and "images: 15" in out
     assert commands.cmd_get() == 0  # second time: already there, just checked
     assert "already" in capsys.readouterr().out
+
+
+def test_cmd_check_fails_for_zero_images(tmp_path):
+    """A header-only train.csv (and empty folders) is no dataset: `data check` must not say ok."""
+    d = tmp_path / "empty"
+    (d / "train/images").mkdir(parents=True)
+    (d / "train/masks").mkdir(parents=True)
+    (d / "train.csv").write_text("id,rle_mask\n")
+    (d / "depths.csv").write_text("id,z\n")
+    with pytest.raises(DataError, match="no training images") as e:
+        commands.cmd_check(d)
+    assert str(d / "train.csv") in str(e.value)
+
+
+def test_cmd_synth_into_an_unwritable_place(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "synth"
+    with pytest.raises(DataError) as e:
+        commands.cmd_synth(out, 8, 0)
+    assert str(out) in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_cmd_synth_negative_seed(tmp_path):
+    with pytest.raises(DataError, match="--seed"):
+        commands.cmd_synth(tmp_path / "s", 8, -1)
+    assert list(tmp_path.iterdir()) == []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from segnet.data.folds import coverage_class, load_or_make_folds, make_folds, split
@@ -73,3 +75,17 @@ def test_split_with_data_and_cfg(masks_ids):
     assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
     with pytest.raises(ConfigError, match="data.fold"):
         split(ids, masks, n_folds=5, fold=5)
+
+
+def test_unwritable_cache_still_splits_and_leaves_no_temp_file(masks_ids, tmp_path, monkeypatch):
+    """A full disk while caching the folds: the split is still returned, no half-written file remains."""
+    masks, ids = masks_ids
+
+    def full(self, *a, **k):
+        Path(a[0] if a else k["path_or_buf"]).write_text("id,cov")  # half-written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    tr, va = split(ids, masks, n_folds=4, fold=1, seed=0, folds_dir=tmp_path)
+    assert len(tr) + len(va) == len(ids)
+    assert list(tmp_path.iterdir()) == []

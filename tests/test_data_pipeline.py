@@ -75,8 +75,13 @@ def test_training_batches_shapes_dtypes_and_determinism(arrays):
         assert 0 <= a.min() and a.max() <= 1 and set(np.unique(b)) <= {0.0, 1.0}
     again = [(a.numpy(), b.numpy()) for a, b in make_dataset(x, m, cfg, training=True)]
     assert all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(batches, again, strict=True))
-    epoch2 = [a.numpy() for a, _ in ds]
+    epoch2 = [a.numpy() for a, _ in make_dataset(x, m, cfg, training=True, epoch=1)]
     assert not all(np.array_equal(a, c) for (a, _), c in zip(batches, epoch2, strict=True))
+    # Epoch k is a function of (seed, k) alone: built fresh (as a resumed run does), it is the same.
+    again2 = [a.numpy() for a, _ in make_dataset(x, m, cfg, training=True, epoch=1)]
+    assert all(np.array_equal(a, c) for a, c in zip(epoch2, again2, strict=True))
+    other_seed = [a.numpy() for a, _ in make_dataset(x, m, make_cfg(batch=8, seed=7), training=True, epoch=1)]
+    assert not all(np.array_equal(a, c) for a, c in zip(epoch2, other_seed, strict=True))
 
 
 def test_validation_dataset_plain_ordered_once(arrays):
@@ -156,3 +161,25 @@ def test_pipeline_throughput_is_reported(arrays):
     x, m, _ = arrays
     rate = pipeline.pipeline_throughput(x, m, make_cfg(batch=16), epochs=1)
     assert rate > 50  # images/s on any machine; the real figure (2 cores, batch 32, size 112) is in data/README.md
+
+
+def test_synthetic_data_cannot_be_generated(tmp_path, monkeypatch):
+    """data/ unwritable (here: a file where the folder should be): one DataError naming it, nothing left."""
+    (tmp_path / "data").write_text("not a folder")
+    monkeypatch.setattr(paths, "TGS_DIR", tmp_path / "data/tgs")
+    monkeypatch.setattr(paths, "SYNTHETIC_DIR", tmp_path / "data/synthetic")
+    monkeypatch.delenv("TGS_DATA", raising=False)
+    with pytest.raises(DataError) as e:
+        resolve_data_dir(None, synth_n=8, synth_seed=0)
+    assert str(tmp_path / "data/synthetic") in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_load_dataset_with_zero_images(tmp_path):
+    d = tmp_path / "empty"
+    (d / "train/images").mkdir(parents=True)
+    (d / "train/masks").mkdir(parents=True)
+    (d / "train.csv").write_text("id,rle_mask\n")
+    (d / "depths.csv").write_text("id,z\n")
+    with pytest.raises(DataError, match="no training images"):
+        load_dataset(make_cfg(data_dir=str(d)))

@@ -56,6 +56,8 @@ def test_adjacent_runs_decode():
         ("10 5 12 3", "overlaps"),
         ("20 3 10 2", "overlaps"),
         ("10200 5", "past"),
+        ("99999999999999999999 1", "too large"),  # past int64: no OverflowError traceback
+        ("1 99999999999999999999", "too large"),
     ],
 )
 def test_malformed_rle_names_the_culprit(bad, words):

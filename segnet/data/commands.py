@@ -44,6 +44,8 @@ def cmd_synth(out: str | Path | None = None, n: int | None = None, seed: int | N
     seed = synthetic.DEFAULT_SEED if seed is None else int(seed)
     if n < 1:
         raise DataError(f"--n must be at least 1, got {n}")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"--seed must be in [0, {2**32 - 1}], got {seed}")
     print(f"synthetic: {n} images (+{n // 10} test), seed {seed} -> {out}", flush=True)
     synthetic.generate(out, n=n, seed=seed)
     return cmd_check(out)
@@ -85,7 +87,10 @@ def _unzip_all(folder: Path) -> None:
 def _download_kaggle(cmd: list[str], out: Path) -> Path:
     tmp = out.parent / f".{out.name}.download-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the download folder {tmp} ({e.strerror or e})") from None
     try:
         print(f"data: downloading {COMPETITION} with the Kaggle CLI into {out}", flush=True)
         proc = subprocess.run([*cmd, "competitions", "download", "-c", COMPETITION, "-p", str(tmp)],

@@ -7,6 +7,7 @@ same data sees the same split.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -90,13 +91,14 @@ def load_or_make_folds(
         except (OSError, ValueError, KeyError, pd.errors.ParserError):
             pass  # unreadable or stale: rebuild below
     df = make_folds(ids, masks, n_folds=n_folds, seed=seed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         df.to_csv(tmp, index=False, float_format="%.6f")
         os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only checkout still trains; the folds are recomputed identically next time
+    except OSError:  # a read-only checkout still trains; the folds are recomputed identically next time
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a full disk: no half-written temporary file either
     return df
 
 

@@ -242,6 +242,8 @@ class BatchAugmenter:
         self._local = threading.local()
 
     def _pipeline(self):
+        if self.aug_cfg is None:  # augmentation off: gather and resize only
+            return None
         if not hasattr(self._local, "compose"):
             self._local.compose = build_augmentation(self.aug_cfg)
         return self._local.compose
@@ -263,12 +265,19 @@ class BatchAugmenter:
         return to_network(x, self.size, self.mode), to_network(y, self.size, self.mode, is_mask=True)
 
 
-def make_dataset(images: np.ndarray, masks: np.ndarray, cfg, training: bool, batch_size: int | None = None):
-    """A ``tf.data.Dataset`` of (image, mask) float32 batches (B, size, size, 1).
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The random stream of one training epoch: a function of (seed, epoch) alone."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch)])
 
-    training: augmented (``cfg.data.augment``), shuffled with ``cfg.train.seed`` (a new order every
-    epoch, the same sequence every run), last partial batch dropped. Otherwise: no augmentation, no
-    shuffle, every image once. Never repeated: one pass is one epoch.
+
+def make_dataset(images: np.ndarray, masks: np.ndarray, cfg, training: bool, batch_size: int | None = None,
+                 epoch: int = 0):
+    """A ``tf.data.Dataset`` of (image, mask) float32 batches (B, size, size, 1): one pass is one epoch.
+
+    training: the order and the augmentation (``cfg.data.augment``) of epoch ``epoch``, drawn from
+    (``cfg.train.seed``, ``epoch``) alone, so every epoch differs, every run repeats the same sequence,
+    and a run resumed at epoch k sees exactly what the uninterrupted run saw; last partial batch
+    dropped. Otherwise: no augmentation, no shuffle, every image once, in order.
     """
     import tensorflow as tf
 
@@ -282,24 +291,20 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, cfg, training: bool, bat
     autotune = tf.data.AUTOTUNE
     spec_shape = (None, size, size, 1)
 
-    if not training or not cfg.data.augment.enabled:
+    if not training:
         x = to_network(images, size, mode)
         y = to_network((_as4d(masks) > 0.5).astype(np.float32), size, mode, is_mask=True)
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        if training:
-            ds = ds.shuffle(n, seed=int(cfg.train.seed), reshuffle_each_iteration=True)
-            ds = ds.batch(bs, drop_remainder=n >= bs)
-        else:
-            ds = ds.batch(bs)
-        return ds.prefetch(autotune)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(bs).prefetch(autotune)
 
     to_network(np.zeros((1, IMG_SIZE, IMG_SIZE, 1), np.float32), size, mode)  # size/mode errors now, not in a worker
-    augment = BatchAugmenter(images, masks, cfg.data.augment, size, mode)
-    seed = int(cfg.train.seed)
-    order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    order = order.batch(bs, drop_remainder=n >= bs)
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((order, seeds))
+    aug = cfg.data.augment if cfg.data.augment.enabled else None
+    augment = BatchAugmenter(images, masks, aug, size, mode)
+    rng = epoch_rng(cfg.train.seed, epoch)
+    order = rng.permutation(n)
+    n_batches = n // bs if n >= bs else 1
+    order = order[: n_batches * bs] if n >= bs else order
+    batch_seeds = rng.integers(0, 2**31 - 1, size=n_batches, dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((order.reshape(n_batches, -1), batch_seeds))
 
     lo, hi = _pad_amounts(size)
     pad = [[0, 0], [lo, hi], [lo, hi], [0, 0]]

@@ -2,7 +2,7 @@
 
 Both directions are vectorised (no per-pixel Python). ``rle_decode`` is strict: anything that the
 Kaggle encoder could not have produced (odd count, non-integers, zero or negative lengths, overlapping or
-unsorted runs, runs past the image) raises :class:`~segnet.errors.DataError` naming the culprit.
+unsorted runs, runs past the image, huge values) raises :class:`~segnet.errors.DataError` naming the culprit.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def rle_decode(rle: str | None, shape: tuple[int, int] = IMG_SHAPE, *, where: st
     bad = next((t for t in tokens if not _INT.fullmatch(t)), None)
     if bad is not None:
         raise DataError(f"{where}: malformed RLE, non-integer value '{_short(bad, 12)}': '{_short(rle)}'")
+    big = next((t for t in tokens if len(t.lstrip("-")) > 15), None)  # past any image, and past int64
+    if big is not None:
+        raise DataError(f"{where}: malformed RLE, value '{_short(big, 12)}' is too large: '{_short(rle)}'")
     values = np.array(tokens, dtype=np.int64)
     starts, lengths = values[0::2], values[1::2]
     if (starts < 1).any():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import zlib
@@ -91,16 +92,38 @@ def synthetic_params(root: str | Path) -> dict | None:
         return {}
 
 
+def _os_reason(e: OSError) -> str:
+    """``strerror: filename`` of an OSError, for one-line messages."""
+    what = e.strerror or type(e).__name__
+    return f"{what}: {e.filename}" if e.filename else what
+
+
 def _list_pngs(folder: Path) -> dict[str, Path]:
-    """id -> path for every ``<id>.png``; any other (non-hidden) entry is an extra file."""
+    """id -> path for every ``<id>.png``; any other (non-hidden) entry is an extra file.
+
+    Ids are the file names without ``.png`` and without surrounding whitespace (as in the CSVs), so two
+    files whose names differ only by such whitespace (``abc.png``, ``abc .png``) are one id twice: an error.
+    """
     out: dict[str, Path] = {}
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.startswith("."):
-                continue
-            if not e.name.endswith(".png") or not e.is_file():
-                raise DataError(f"{folder / e.name}: extra file (only <id>.png files belong here)")
-            out[e.name[:-4]] = Path(e.path)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e.name, e.path, e.is_file()) for e in it)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list the folder ({_os_reason(e)})") from None
+    for name, path, is_file in entries:
+        if name.startswith("."):
+            continue
+        if not name.endswith(".png") or not is_file:
+            raise DataError(f"{folder / name}: extra file (only <id>.png files belong here)")
+        i = name[:-4].strip()
+        if not i:
+            raise DataError(f"{folder / name}: no id in the file name")
+        if i in out:
+            raise DataError(
+                f"{folder}: files '{out[i].name}' and '{name}' are the same id '{i}' "
+                "(ids ignore surrounding whitespace); keep one"
+            )
+        out[i] = Path(path)
     return out
 
 
@@ -124,17 +147,37 @@ def fingerprint(root: str | Path) -> str:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The CSV as strings, ids stripped of surrounding whitespace; an empty or repeated id is an error.
+
+    Two ids that differ only by surrounding whitespace (``abc`` and ``abc ``) are the same id twice.
+    """
     if not path.is_file():
-        raise DataError(f"{path}: missing")
+        raise DataError(f"{path}: missing" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({_os_reason(e)})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if list(df.columns[: len(columns)]) != list(columns):
         raise DataError(f"{path}: expected columns {','.join(columns)}, found {','.join(map(str, df.columns))}")
-    dup = df["id"][df["id"].duplicated()]
-    if len(dup):
-        raise DataError(f"{path}: id {dup.iloc[0]} appears more than once")
+    df = df.fillna("")  # a row with fewer fields than the header
+    raw = df["id"]
+    ids = raw.str.strip()
+    if (ids == "").any():
+        k = int(np.flatnonzero((ids == "").to_numpy())[0])
+        raise DataError(f"{path}: data row {k + 1} has an empty id")
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        first = ids[dup].iloc[0]
+        same = raw[ids == first].tolist()
+        if len(set(same)) == 1:
+            raise DataError(f"{path}: id {first} appears more than once")
+        a, b = sorted(set(same))[:2]
+        raise DataError(
+            f"{path}: ids '{a}' and '{b}' are the same id once surrounding whitespace is ignored; keep one"
+        )
+    df["id"] = ids
     return df
 
 
@@ -142,18 +185,39 @@ def read_train_csv(root: str | Path) -> dict[str, str]:
     """id -> rle_mask from train.csv (empty string for an empty mask)."""
     path = Path(root) / "train.csv"
     df = _read_csv(path, ("id", "rle_mask"))
-    return dict(zip(df["id"].str.strip(), df["rle_mask"].str.strip(), strict=True))
+    return dict(zip(df["id"], df["rle_mask"].str.strip(), strict=True))
 
 
 def read_depths(root: str | Path) -> dict[str, int]:
     """id -> depth z from depths.csv."""
     path = Path(root) / "depths.csv"
     df = _read_csv(path, ("id", "z"))
-    z = pd.to_numeric(df["z"], errors="coerce")
-    if z.isna().any():
-        i = int(np.flatnonzero(z.isna().to_numpy())[0])
-        raise DataError(f"{path}: id {df['id'].iloc[i]} has a non-numeric depth '{df['z'].iloc[i]}'")
-    return dict(zip(df["id"].str.strip(), z.astype(int).tolist(), strict=True))
+    z = pd.to_numeric(df["z"].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(z) | (z != np.round(z)) | (np.abs(z) > MAX_DEPTH)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: id {df['id'].iloc[k]} has {_depth_problem(df['z'].iloc[k])}")
+    return dict(zip(df["id"], z.astype(np.int64).tolist(), strict=True))
+
+
+MAX_DEPTH = 1_000_000  # metres; TGS depths are 50..959
+
+
+def _depth_problem(raw: str) -> str:
+    """What is wrong with one depth value (for the error message)."""
+    text = raw.strip()
+    if not text:
+        return "an empty depth (z)"
+    try:
+        v = float(text)
+    except ValueError:
+        return f"a non-numeric depth '{raw}'"
+    if not math.isfinite(v):
+        return f"a non-finite depth '{raw}'"
+    if v != round(v):
+        return f"a non-integer depth '{raw}'"
+    return f"an out-of-range depth '{raw}' (at most {MAX_DEPTH} in absolute value)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,6 +229,12 @@ try:  # OpenCV (installed with albumentations) decodes PNGs about twice as fast 
     import cv2 as _cv2
 except ImportError:  # pragma: no cover
     _cv2 = None
+if _cv2 is not None and "OPENCV_LOG_LEVEL" not in os.environ:
+    # A broken PNG becomes one DataError line (PIL's diagnosis), not also an OpenCV "[ WARN ...]" line on stderr.
+    try:
+        _cv2.utils.logging.setLogLevel(_cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # pragma: no cover - an OpenCV build without the logging module
+        pass
 
 
 def _pil_decode(path: Path, data: bytes, what: str) -> np.ndarray:
@@ -173,8 +243,8 @@ def _pil_decode(path: Path, data: bytes, what: str) -> np.ndarray:
         im.load()
     except (OSError, SyntaxError, ValueError, zlib.error, EOFError) as e:
         raise DataError(f"{path}: truncated or corrupt PNG {what} ({e})") from None
-    if im.mode == "P":
-        im = im.convert("L")
+    if im.mode in ("P", "PA"):  # palette: its colours (alpha kept apart, as OpenCV does)
+        im = im.convert("RGBA")
     return np.asarray(im)
 
 
@@ -196,12 +266,20 @@ def _decode_png(path: Path, what: str) -> np.ndarray:
     return a
 
 
+def _colour_channels(a: np.ndarray) -> np.ndarray:
+    """(H, W, C) without the alpha channel: grey+alpha -> grey, RGBA/BGRA -> the 3 colour channels."""
+    return a[..., :3] if a.shape[-1] >= 3 else a[..., :1]
+
+
 def decode_image(path: str | Path) -> np.ndarray:
-    """One seismic image as uint8 (101, 101). RGB with R==G==B (the real data) keeps one channel."""
+    """One seismic image as uint8 (101, 101). RGB with R==G==B (the real data) keeps one channel.
+
+    An alpha channel is ignored.
+    """
     path = Path(path)
     a = _decode_png(path, "image")
     if a.ndim == 3:
-        a = a[..., :3]
+        a = _colour_channels(a)
         c0 = a[..., 0]
         if a.shape[-1] == 1 or (np.array_equal(c0, a[..., 1]) and np.array_equal(c0, a[..., 2])):
             a = c0
@@ -215,10 +293,14 @@ def decode_image(path: str | Path) -> np.ndarray:
 
 
 def decode_mask(path: str | Path) -> np.ndarray:
-    """One mask as uint8 {0,1} (101, 101), whatever the bit depth (8-bit 0/255 or 16-bit 0/65535)."""
+    """One mask as uint8 {0,1} (101, 101), whatever the bit depth (8-bit 0/255 or 16-bit 0/65535).
+
+    Salt is where the grey (or any colour) value is non-zero; an alpha channel (LA, RGBA) is ignored:
+    an opaque black pixel is no salt.
+    """
     a = _decode_png(Path(path), "mask")
     if a.ndim == 3:
-        a = a.max(axis=-1)
+        a = _colour_channels(a).max(axis=-1)
     return (a > 0).astype(np.uint8)
 
 
@@ -265,6 +347,8 @@ def _check_layout(root: Path) -> tuple[dict[str, str], dict[str, Path], dict[str
         if not (root / sub).is_dir():
             raise DataError(f"{root / sub}: missing folder (expected the Kaggle layout train/images, train/masks)")
     rles = read_train_csv(root)
+    if not rles:
+        raise DataError(f"{root / 'train.csv'}: no training images (no rows after the header)")
     images = _list_pngs(root / "train/images")
     masks = _list_pngs(root / "train/masks")
     for i in rles:
@@ -327,11 +411,16 @@ def _scan(root: Path, limit: int = 0, keep: bool = True, progress: bool | None =
 def _check_test_headers(root: Path, test_ids: list[str]) -> None:
     """Test images: a PNG of the right size (header only; they are decoded when predicted)."""
     folder = root / "test/images"
+    files = _list_pngs(folder) if test_ids else {}
     for i in test_ids:
-        p = folder / f"{i}.png"
-        with open(p, "rb") as f:
-            if f.read(8) != PNG_SIGNATURE:
-                raise DataError(f"{p}: not a PNG file (test image)")
+        p = files[i]
+        try:
+            with open(p, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise DataError(f"{p}: cannot read test image ({_os_reason(e)})") from None
+        if head != PNG_SIGNATURE:
+            raise DataError(f"{p}: not a PNG file (test image)")
         try:
             with Image.open(p) as im:
                 size = im.size
@@ -418,17 +507,25 @@ def _write_png(path: Path, a: np.ndarray) -> None:
 class DatasetWriter:
     """Writes a Kaggle-layout dataset into a temporary folder beside ``out`` and renames it on ``close``.
 
-    A failure (or a missing ``close``) leaves no half-written dataset at ``out``.
+    A failure (or a missing ``close``) leaves no half-written dataset at ``out``; used as a context manager,
+    a failure removes the temporary folder and a file-system error (unwritable or full disk, a file where a
+    folder should be) becomes a DataError naming ``out``.
     """
 
     def __init__(self, out: str | Path, marker: dict | None = None):
-        self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out = Path(os.path.abspath(out))  # "." and "x/.." have a parent and a name too
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        (self.tmp / "train/images").mkdir(parents=True)
-        (self.tmp / "train/masks").mkdir(parents=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            (self.tmp / "train/images").mkdir(parents=True)
+            (self.tmp / "train/masks").mkdir(parents=True)
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            file = next((p for p in self.out.parents if p.exists() and not p.is_dir()), None)
+            why = f"{file} is a file, not a folder" if file is not None else _os_reason(e)
+            raise DataError(f"{self.out}: cannot create the dataset folder ({why})") from None
         self.marker = marker
         self.rows: list[tuple[str, str]] = []
         self.depths: list[tuple[str, int]] = []
@@ -472,28 +569,33 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            if isinstance(exc, OSError):
+                raise DataError(f"{self.out}: cannot write the dataset ({_os_reason(exc)})") from None
 
 
 def install_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place, replacing an existing dataset folder at ``out``."""
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif out.is_dir() and ((out / "train.csv").exists() or (out / SYNTHETIC_MARKER).exists()):
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(out, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"{out}: exists and is not a dataset folder; refusing to overwrite it")
+    """Move a finished folder into place, replacing an existing dataset folder at ``out``.
+
+    On any failure ``tmp`` is removed and a DataError names ``out``.
+    """
     try:
+        if out.exists() or out.is_symlink():
+            if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+                out.rmdir()
+            elif out.is_dir() and ((out / "train.csv").exists() or (out / SYNTHETIC_MARKER).exists()):
+                trash = out.parent / f".{out.name}.old-{os.getpid()}"
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(out, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(f"{out}: exists and is not a dataset folder; refusing to overwrite it")
         os.replace(tmp, out)
-    except OSError:
-        # Another process installed the same folder in the meantime: keep theirs.
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        # Another process installed the same folder in the meantime: keep theirs.
         if not (out / "train.csv").exists():
-            raise
+            raise DataError(f"{out}: cannot install the dataset folder ({_os_reason(e)})") from None
 
 
 def write_dataset(

@@ -1,0 +1,326 @@
+"""Bad input through the real CLI: one line on stderr, exit code 2, no traceback, nothing half-written.
+
+Each case runs ``python -m segnet <argv>`` as a separate process in its own ``tmp_path`` (the tracking
+store and the runs folder there too). To add a case, append a :class:`Case` to ``CASES``:
+
+* ``setup(ctx)`` builds the bad input under ``ctx.tmp`` (``ctx.dataset()`` copies a tiny valid dataset
+  there to corrupt) and may return a dict of names for the placeholders;
+* ``argv`` and ``expect`` may hold placeholders: ``{tmp}`` (the case's folder) and any name ``setup``
+  returned (e.g. ``{id}``);
+* ``expect``: words the one error line must contain; ``absent``: paths (relative to ``{tmp}``) that must
+  not exist afterwards; ``env``: extra environment variables;
+* ``tf_noise=True`` only for a case that cannot fail before TensorFlow is imported (it prints absl/CUDA
+  lines on stderr at import, which no environment variable silences); those lines, and only those, are
+  then ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+
+@dataclass
+class Ctx:
+    """What a setup function gets: the case's folder and a tiny valid dataset to copy."""
+
+    tmp: Path
+    source: Path
+
+    def dataset(self, name: str = "ds") -> Path:
+        """A fresh copy of the valid 8-image dataset at ``tmp/name``."""
+        return Path(shutil.copytree(self.source, self.tmp / name))
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: list[str]
+    expect: list[str]
+    setup: Callable[[Ctx], dict | None] | None = None
+    absent: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    tf_noise: bool = False
+    timeout: float = 180.0
+    skip: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _ids(root: Path) -> list[str]:
+    return pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)["id"].tolist()
+
+
+def _salt_id(root: Path) -> str:
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    return df[df["rle_mask"] != ""]["id"].iloc[0]
+
+
+def _set_cell(csv: Path, id_: str, column: str, value: str) -> None:
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df.loc[df["id"] == id_, column] = value
+    df.to_csv(csv, index=False)
+
+
+def _add_row(csv: Path, **row: str) -> None:
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    pd.concat([df, pd.DataFrame({k: [v] for k, v in row.items()})]).to_csv(csv, index=False)
+
+
+def config_folder(ctx: Ctx) -> None:
+    (ctx.tmp / "profile").mkdir()
+
+
+def config_broken_yaml(ctx: Ctx) -> None:
+    (ctx.tmp / "broken.yaml").write_text("train: [epochs\n")
+
+
+def depth(value: str) -> Callable[[Ctx], dict]:
+    def setup(ctx: Ctx) -> dict:
+        d = ctx.dataset()
+        i = _ids(d)[2]
+        _set_cell(d / "depths.csv", i, "z", value)
+        return {"id": i}
+
+    setup.__name__ = f"depth_{value or 'empty'}"
+    return setup
+
+
+def zero_images(ctx: Ctx) -> None:
+    d = ctx.dataset()
+    (d / "train.csv").write_text("id,rle_mask\n")
+    for sub in ("train/images", "train/masks"):
+        shutil.rmtree(d / sub)
+        (d / sub).mkdir()
+
+
+def a_file_where_a_folder_goes(ctx: Ctx) -> None:
+    (ctx.tmp / "afile").write_text("not a folder")
+
+
+def read_only_folder(ctx: Ctx) -> None:
+    (ctx.tmp / "ro").mkdir()
+    (ctx.tmp / "ro").chmod(0o555)
+
+
+def csv_ids_differ_by_whitespace(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[1]
+    _add_row(d / "train.csv", id=i + " ", rle_mask="")
+    return {"id": i}
+
+
+def files_differ_by_whitespace(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[1]
+    shutil.copy(d / "train/images" / f"{i}.png", d / "train/images" / f"{i} .png")
+    return {"id": i}
+
+
+def id_without_image(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[3]
+    (d / "train/images" / f"{i}.png").unlink()
+    return {"id": i}
+
+
+def image_without_row(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[0]
+    shutil.copy(d / "train/images" / f"{i}.png", d / "train/images/ffffffffff.png")
+    shutil.copy(d / "train/masks" / f"{i}.png", d / "train/masks/ffffffffff.png")
+    return {"id": "ffffffffff"}
+
+
+def wrong_size_image(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[4]
+    Image.fromarray(np.zeros((64, 101), np.uint8)).save(d / "train/images" / f"{i}.png")
+    return {"id": i}
+
+
+def corrupt_png(ctx: Ctx) -> dict:
+    d = ctx.dataset()
+    i = _ids(d)[5]
+    p = d / "train/images" / f"{i}.png"
+    p.write_bytes(p.read_bytes()[:150])  # truncated mid-IDAT: OpenCV warns, PIL fails
+    return {"id": i}
+
+
+def malformed_rle(rle: str) -> Callable[[Ctx], dict]:
+    def setup(ctx: Ctx) -> dict:
+        d = ctx.dataset()
+        i = _salt_id(d)
+        _set_cell(d / "train.csv", i, "rle_mask", rle)
+        return {"id": i}
+
+    return setup
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+
+_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+_TRAIN = ["train", "train.epochs=1"]
+
+CASES = [
+    # -- configuration (fails before TensorFlow is imported) --
+    Case("config_is_a_folder", ["train", "--config", "{tmp}/profile"], ["{tmp}/profile", "folder"],
+         setup=config_folder),
+    Case("config_missing", ["train", "--config", "{tmp}/nope.yaml"], ["{tmp}/nope.yaml", "not found"]),
+    Case("config_broken_yaml", ["train", "--config", "{tmp}/broken.yaml"], ["broken.yaml", "not valid YAML"],
+         setup=config_broken_yaml),
+    Case("lr_nan", [*_TRAIN, "train.lr=.nan"], ["'train.lr'", "finite"]),
+    Case("lr_nan_string", [*_TRAIN, "train.lr=nan"], ["'train.lr'", "finite"]),
+    Case("min_lr_minus_inf", [*_TRAIN, "train.min_lr=-.inf"], ["'train.min_lr'", "finite"]),
+    Case("min_lr_above_lr", [*_TRAIN, "train.lr=0.001", "train.min_lr=0.01"], ["train.min_lr", "train.lr"]),
+    Case("bad_config_key", ["train", "train.epoch=3"], ["unknown config key 'train.epoch'"]),
+    Case("malformed_override", ["train", "foo"], ["override 'foo'", "key=value"]),
+    Case("negative_seed", [*_TRAIN, "train.seed=-1"], ["'train.seed'"]),
+    # The decoder registry lives in segnet.models, whose import loads Keras.
+    Case("unknown_decoder", ["train", "model.decoder=nope"], ["model.decoder", "'nope'", "transposed"],
+         tf_noise=True),
+    # -- datasets: `data check` --
+    Case("depth_inf", ["data", "check", "{tmp}/ds"], ["{tmp}/ds/depths.csv", "{id}", "non-finite"],
+         setup=depth("inf")),
+    Case("depth_nan", ["data", "check", "{tmp}/ds"], ["{tmp}/ds/depths.csv", "{id}", "non-finite"],
+         setup=depth("nan")),
+    Case("depth_empty", ["data", "check", "{tmp}/ds"], ["{tmp}/ds/depths.csv", "{id}", "empty depth"],
+         setup=depth("")),
+    Case("zero_images_check", ["data", "check", "{tmp}/ds"], ["{tmp}/ds/train.csv", "no training images"],
+         setup=zero_images),
+    Case("csv_ids_differ_by_whitespace", ["data", "check", "{tmp}/ds"], ["train.csv", "'{id}'", "'{id} '"],
+         setup=csv_ids_differ_by_whitespace),
+    Case("files_differ_by_whitespace", ["data", "check", "{tmp}/ds"], ["'{id}.png'", "'{id} .png'"],
+         setup=files_differ_by_whitespace),
+    Case("id_without_image", ["data", "check", "{tmp}/ds"], ["train.csv id {id}", "no image file"],
+         setup=id_without_image),
+    Case("image_without_row", ["data", "check", "{tmp}/ds"], ["{id}.png", "not in train.csv"],
+         setup=image_without_row),
+    Case("wrong_size_image", ["data", "check", "{tmp}/ds"], ["{id}.png", "101x64", "expected 101x101"],
+         setup=wrong_size_image),
+    Case("corrupt_png", ["data", "check", "{tmp}/ds"], ["{id}.png", "corrupt PNG"], setup=corrupt_png),
+    Case("malformed_rle", ["data", "check", "{tmp}/ds"], ["train.csv id {id}", "malformed RLE"],
+         setup=malformed_rle("5 3 7")),
+    Case("rle_value_too_large", ["data", "check", "{tmp}/ds"], ["train.csv id {id}", "too large"],
+         setup=malformed_rle("99999999999999999999 3")),
+    Case("check_missing_folder", ["data", "check", "{tmp}/nowhere"], ["{tmp}/nowhere", "not found"]),
+    # -- writing a dataset --
+    Case("synth_out_under_a_file", ["data", "synth", "--out", "{tmp}/afile/synth", "--n", "8"],
+         ["{tmp}/afile/synth", "cannot create"], setup=a_file_where_a_folder_goes, absent=["afile/synth"]),
+    Case("synth_out_read_only", ["data", "synth", "--out", "{tmp}/ro/synth", "--n", "8"],
+         ["{tmp}/ro/synth", "Permission denied"], setup=read_only_folder, absent=["ro/synth"],
+         skip="root ignores file permissions" if _ROOT else None),
+    Case("synth_negative_seed", ["data", "synth", "--out", "{tmp}/s", "--n", "8", "--seed", "-1"], ["--seed"],
+         absent=["s"]),
+    # -- training on a bad dataset (segnet.train sets TensorFlow up before it reads the data) --
+    Case("zero_images_train", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/ds/train.csv", "no training images"],
+         setup=zero_images, tf_noise=True),
+]
+
+# Lines TensorFlow/absl/CUDA/oneDNN print on stderr when TensorFlow is imported (only for tf_noise cases).
+_TF_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWEF]\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.\-/]+:\d+\] .*"  # absl C++ log line
+    r"|To enable the following instructions: .* in other operations, rebuild TensorFlow .*"
+    r"|.*oneDNN custom operations are on.*"
+)
+_LEFTOVERS = (".*.tmp-*", ".*.old-*", ".*.download-*", "*.tmp")  # a writer's temporary files
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    from segnet.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("bad_input_source") / "ds", n=8, seed=0, progress=False)
+
+
+def _run(case: Case, tmp: Path, names: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}",
+        SEGNET_RUNS_DIR=str(tmp / "runs"),
+        NO_ALBUMENTATIONS_UPDATE="1",
+    )
+    env.pop("TGS_DATA", None)
+    env.update(case.env)
+    argv = [a.format(**names) for a in case.argv]
+    return subprocess.run([sys.executable, "-m", "segnet", *argv], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=case.timeout)
+
+
+def _running_runs(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone():
+            return 0
+        return con.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gives_one_line(case: Case, tmp_path: Path, source: Path):
+    if case.skip:
+        pytest.skip(case.skip)
+    names = {"tmp": str(tmp_path)}
+    try:
+        if case.setup is not None:
+            names.update(case.setup(Ctx(tmp_path, source)) or {})
+        proc = _run(case, tmp_path, names)
+    finally:
+        for p in tmp_path.rglob("*"):  # undo a read-only setup so pytest can clean up
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o755)
+
+    stderr = proc.stderr.splitlines()
+    lines = [ln for ln in stderr if not (case.tf_noise and _TF_NOISE.fullmatch(ln))]
+    report = f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "Traceback" not in proc.stderr, report
+    assert proc.returncode == 2, report
+    assert len(lines) == 1 and lines[0].strip(), report
+    line = lines[0]
+    assert line.startswith("segnet: error: "), report
+    for word in case.expect:
+        assert word.format(**names) in line, f"{word.format(**names)!r} not in {line!r}"
+
+    for rel in case.absent:
+        assert not (tmp_path / rel.format(**names)).exists(), f"{rel} was left behind"
+    leftovers = [str(p) for pattern in _LEFTOVERS for p in tmp_path.rglob(pattern)]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    db = tmp_path / "mlflow.db"
+    if db.exists():
+        assert _running_runs(db) == 0, "a run was left RUNNING in the tracking store"
+
+
+def test_config_errors_come_before_tensorflow():
+    """Config mistakes (other than the decoder name) fail before TensorFlow's slow, noisy import."""
+    code = (
+        "import sys\n"
+        "from segnet.config import load_config\n"
+        "from segnet.errors import ConfigError\n"
+        "for o in ('train.lr=.nan', 'train.min_lr=1', 'train.epoch=3', 'foo', 'train.seed=-1'):\n"
+        "    try:\n"
+        "        load_config(None, [o])\n"
+        "    except ConfigError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('no error for ' + o)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "raise SystemExit(f'imported {bad[:3]}' if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
