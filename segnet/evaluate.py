@@ -43,16 +43,16 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     """
     from segnet import plots
     from segnet.data.pipeline import from_network, to_network
+    from segnet.inference import predict_logits, probabilities_from_logits
     from segnet.metrics import artifacts, segmentation
     from segnet.models.decoders import resolve_decoder
-    from segnet.train import predict_logits
 
     _, options = resolve_decoder(cfg.model.decoder, cfg.decoder)
     x = to_network(images, cfg.data.size, cfg.data.resize_mode)
     logits_plain = predict_logits(model, x, cfg.train.batch_size, tta=False)
     logits = predict_logits(model, x, cfg.train.batch_size, tta=True) if cfg.eval.tta else logits_plain
     truth = masks[..., 0] > 0.5
-    probs = segmentation.sigmoid(from_network(logits, cfg.data.resize_mode)[..., 0])
+    probs = probabilities_from_logits(logits, cfg.data.resize_mode)
     plain = from_network(logits_plain, cfg.data.resize_mode)[..., 0] > 0.0
 
     if threshold is None:

@@ -13,23 +13,10 @@ from segnet.errors import SegnetError
 
 
 def predict_masks(model, cfg, images: np.ndarray, threshold: float, tta: bool, progress: bool = True) -> np.ndarray:
-    """Binary 101x101 masks for (N,101,101,1) images, in batches with a progress bar."""
-    from tqdm import tqdm
+    """Binary 101x101 masks for (N,101,101,1) images, in batches with a progress bar (segnet.inference)."""
+    from segnet.inference import Predictor
 
-    from segnet.data.pipeline import from_network, to_network
-    from segnet.metrics.segmentation import sigmoid
-    from segnet.train import predict_logits
-
-    out = np.zeros(images.shape[:3], dtype=bool)
-    step = max(cfg.train.batch_size, 64)
-    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
-    for i in range(0, len(images), step):
-        x = to_network(images[i : i + step], cfg.data.size, cfg.data.resize_mode)
-        z = from_network(predict_logits(model, x, step, tta=tta), cfg.data.resize_mode)[..., 0]
-        out[i : i + step] = sigmoid(z) > threshold
-        bar.update(len(x))
-    bar.close()
-    return out
+    return Predictor.from_config(model, cfg, threshold, tta=tta).masks(images, progress=progress)
 
 
 def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool | None = None) -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from types import SimpleNamespace
+
+import yaml
 
 from segnet import paths, tracking
 from segnet.config import Config, config_from_yaml
@@ -21,8 +24,11 @@ class TrainedRun:
 
 
 def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
-    """The run's resolved config (with ``overrides``), its best model and its tuned threshold."""
-    uri = tracking.tracking_uri()
+    """The run's resolved config (with ``overrides``), its best model and its tuned threshold.
+
+    The store is ``$MLFLOW_TRACKING_URI``, else a ``tracking.uri=`` override, else the default store.
+    """
+    uri = store_uri(overrides)
     info = tracking.get_run(uri, run_id)  # before TensorFlow is imported: a wrong id fails fast and quietly
     from segnet.models.decoders import resolve_decoder
 
@@ -45,3 +51,19 @@ def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> Traine
         raise SegnetError(f"run '{run_id}' has no best_threshold: it did not finish training")
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
     return TrainedRun(run_id, uri, cfg, model, float(threshold), spec)
+
+
+def store_uri(overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The tracking URI for commands that read a run: ``tracking.tracking_uri`` with the ``tracking.uri``
+    of the overrides (the last one; parsed as config overrides are), since the run's own config is in
+    the store being looked for."""
+    uri = None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() == "tracking.uri":
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            uri = None if value is None else str(value)
+    return tracking.tracking_uri(SimpleNamespace(tracking=SimpleNamespace(uri=uri)))

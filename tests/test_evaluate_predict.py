@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,19 +34,60 @@ def trained(tiny_synth, tmp_path_factory):
     mp.undo()
 
 
+def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """A segnet command in a fresh process: nothing this test process imported can help it."""
+    return subprocess.run([sys.executable, "-m", "segnet", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _env(uri: str | None) -> dict:
+    env = {**os.environ, "SEGNET_RUNS_DIR": str(paths.RUNS_DIR), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
 def test_evaluate_logs_eval_metrics_with_the_dataset_fingerprint(trained, tiny_synth):
+    """`segnet evaluate --run-id ID tracking.uri=...` in a fresh process: the override names the store."""
     from segnet.data.tgs import fingerprint
-    from segnet.evaluate import evaluate_run
 
     run_id, uri = trained
-    metrics = evaluate_run(run_id)
+    out = _cli("evaluate", "--run-id", run_id, f"tracking.uri={uri}", env=_env(None))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     run = MlflowClient(uri).get_run(run_id)
     for key in ("val_tgs_map_tuned", "artifact_periodic_energy", "artifact_const_response", "best_threshold"):
         assert f"eval_{key}" in run.data.metrics
+        assert re.search(rf"eval_{key}\s+-?\d", out.stdout), out.stdout
     # On the training dataset, evaluation uses the run's own validation fold and threshold: same numbers.
-    assert metrics["val_tgs_map_tuned"] == pytest.approx(run.data.metrics["val_tgs_map_tuned"], abs=1e-6)
+    m = run.data.metrics
+    assert m["eval_val_tgs_map_tuned"] == pytest.approx(m["val_tgs_map_tuned"], abs=1e-6)
+    assert m["eval_best_threshold"] == pytest.approx(m["best_threshold"], abs=1e-9)
     # data.limit=40 in the tiny config: a subset is fingerprinted as such.
     assert run.data.tags["segnet.eval_data_fingerprint"] == f"{fingerprint(tiny_synth)}-limit40"
+
+
+def test_the_store_of_a_run_command(monkeypatch, tmp_path):
+    """$MLFLOW_TRACKING_URI, else the tracking.uri override (the last one), else the default store."""
+    from segnet.runs import store_uri
+
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store_uri([]) == paths.DEFAULT_TRACKING_URI
+    assert store_uri(["data.limit=5", f"tracking.uri={a}"]) == a
+    assert store_uri([f"tracking.uri={a}", f"tracking.uri={b}"]) == b
+    assert store_uri([f"tracking.uri={a}", "tracking.uri=null"]) == paths.DEFAULT_TRACKING_URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", b)
+    assert store_uri([f"tracking.uri={a}"]) == b
+
+
+def test_the_logged_model_loads_uncompiled(trained):
+    """segnet reads the Keras file inside the pyfunc model, without its training loss."""
+    from segnet import tracking
+
+    run_id, uri = trained
+    model = tracking.load_logged_model(uri, run_id)
+    assert not model.compiled and model.output_shape[1:] == (64, 64, 1)
 
 
 def test_evaluate_on_the_real_data(trained):
@@ -60,14 +102,19 @@ def test_evaluate_on_the_real_data(trained):
     assert tags["segnet.eval_dataset"] == "tgs" and tags["segnet.eval_subset"] == "all images"
 
 
-def test_predict_writes_a_submission_that_round_trips(trained, tiny_synth, tmp_path, capsys):
+def test_predict_writes_a_submission_that_round_trips(trained, tiny_synth, tmp_path):
+    """`segnet predict` in a fresh process; its masks are the ones segnet.inference computes here."""
     from segnet.data.rle import rle_decode
     from segnet.data.tgs import read_images
-    from segnet.predict import predict_masks, predict_run
+    from segnet.predict import predict_masks
     from segnet.runs import load_run
 
-    run_id, _ = trained
-    out = predict_run(run_id, tiny_synth / "test" / "images", tmp_path / "sub.csv", tta=True)
+    run_id, uri = trained
+    out = tmp_path / "sub.csv"
+    proc = _cli("predict", "--run-id", run_id, "--images", str(tiny_synth / "test" / "images"), "--out", str(out),
+                "--tta", env=_env(uri))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "images/s" in proc.stdout and f"submission: {out}" in proc.stdout
     df = pd.read_csv(out, dtype={"id": str}, keep_default_na=False)
     images, ids = read_images(tiny_synth / "test" / "images")
     assert list(df.columns) == ["id", "rle_mask"] and sorted(df.id) == sorted(ids) and len(df) == len(ids)
@@ -76,7 +123,6 @@ def test_predict_writes_a_submission_that_round_trips(trained, tiny_synth, tmp_p
     by_id = dict(zip(df.id, df.rle_mask, strict=True))
     for i, id_ in enumerate(ids):
         np.testing.assert_array_equal(rle_decode(by_id[id_]).astype(bool), expected[i])
-    assert "images/s" in capsys.readouterr().out
 
 
 def test_predict_bad_input_leaves_nothing_behind(trained, tmp_path):
