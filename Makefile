@@ -24,6 +24,7 @@ QUICK ?=
 LEVERS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+VERBOSE ?=
 
 # Overrides assembled from the knobs above (empty knobs add nothing).
 OVR := $(if $(DECODER),model.decoder=$(DECODER)) $(if $(EPOCHS),train.epochs=$(EPOCHS)) \
@@ -74,8 +75,8 @@ ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEE
 bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 short, LEVERS=1 lever by lever)
 	$(PY) -m segnet bench $(if $(QUICK),--quick) $(if $(LEVERS),--levers)
 
-ui: $(STAMP) ## serve the MLflow UI for the embedded store on $(HOST):$(PORT)
-	$(PY) -m segnet ui --host $(HOST) --port $(PORT)
+ui: $(STAMP) ## serve the MLflow UI for the embedded store on $(HOST):$(PORT) until Ctrl-C (VERBOSE=1: MLflow's log)
+	$(PY) -m segnet ui --host $(HOST) --port $(PORT) $(if $(VERBOSE),--verbose)
 
 clean: ## remove caches and generated data (keeps .venv, mlflow.db and data/tgs)
 	rm -rf .pytest_cache .ruff_cache data/synthetic data/folds runs bench
