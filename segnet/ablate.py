@@ -1,18 +1,23 @@
 """Ablation: every decoder variant on the same data, split and seeds; one MLflow parent, nested children.
 
 Restartable: the parent is found again by its ablation hash (or ``--resume ID``); finished children are
-skipped and an unfinished one resumes from its last epoch. Children run in their own processes
-(``--jobs N`` at once), so a crash of one cannot take the others down.
+skipped and an unfinished one resumes from its last epoch. Each child is a `segnet train` process
+(``--jobs N`` at once), so a crash of one cannot take the others down, and Ctrl-C or SIGTERM stops
+them all (their runs end KILLED). A running ablation holds a lock: a second `ablate` of the same
+config is refused instead of training the same children twice.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ class Child:
     variant: str
     seed: int
     cfg: Config
+    overrides: list[str]  # what `segnet train` needs, with the profile, to resolve exactly ``cfg``
 
 
 @dataclass
@@ -43,6 +49,7 @@ class AblationPlan:
     bootstrap: int
     hash: str
     experiment: str
+    profile: Path | None = None
 
 
 def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None) -> AblationPlan:
@@ -75,24 +82,19 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
         var_over = [f"{k}={_yaml_scalar(v)}" for k, v in var.items()]
         for i in range(n_seeds):
             seed = base.train.seed + i
+            over = var_over + common + [f"train.seed={seed}", f"tracking.variant={name}"]
             try:
-                cfg = load_config(profile, var_over + common + [f"train.seed={seed}", f"tracking.variant={name}"])
+                cfg = load_config(profile, over)
             except ConfigError as e:
                 raise ConfigError(f"{f}: variant '{name}': {e}") from None
-            children.append(Child(name, seed, cfg))
+            children.append(Child(name, seed, cfg, over))
     h = hashlib.sha256(json.dumps([[c.variant, c.seed, c.cfg.hash()] for c in children]).encode()).hexdigest()[:12]
-    return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment)
+    return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment,
+                        Path(profile) if profile else None)
 
 
 def _yaml_scalar(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def _train_child(cfg: Config, parent_id: str, tags: dict) -> str:
-    """Runs in a fresh process: one child, its own TensorFlow runtime."""
-    from segnet.train import train
-
-    return train(cfg, parent_run_id=parent_id, extra_tags=tags).run_id
 
 
 def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int = 1, resume: str | None = None):
@@ -102,23 +104,26 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.children[0].cfg)
-    parent = _find_or_create_parent(uri, p, resume)
+    parent, lock = _find_or_create_parent(uri, p, resume)
     print(f"ablation_run_id: {parent.run_id}  ({len(p.variants)} variants x "
           f"{len(p.children) // len(p.variants)} seeds, hash {p.hash})", flush=True)
 
     # A restarted ablation adds its time to the time the earlier invocations spent.
     t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
-    with tracking.run_guard(parent):
-        done = _finished_children(uri, p.experiment, parent.run_id)
-        todo = [c for c in p.children if (c.variant, c.seed) not in done]
-        if len(todo) < len(p.children):
-            print(f"ablate: {len(p.children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
-        failures = _run_children(todo, parent.run_id, jobs)
-        if failures:
-            raise SegnetError(f"{len(failures)} ablation children failed: " + "; ".join(failures))
-        summary, per_image = summarize(uri, p, parent.run_id)
-        wall = time.perf_counter() - t0
-        _log_summary(parent, summary, per_image, wall)
+    try:
+        with tracking.run_guard(parent):
+            done = _finished_children(uri, p.experiment, parent.run_id)
+            todo = [c for c in p.children if (c.variant, c.seed) not in done]
+            if len(todo) < len(p.children):
+                print(f"ablate: {len(p.children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
+            failures = _run_children(todo, p.profile, parent.run_id, jobs)
+            if failures:
+                raise SegnetError(f"{len(failures)} ablation children failed: " + "; ".join(failures))
+            summary, per_image = summarize(uri, p, parent.run_id)
+            wall = time.perf_counter() - t0
+            _log_summary(parent, summary, per_image, wall)
+    finally:
+        lock.release()
     print(summary_markdown(summary), flush=True)
     print(f"ablation_run_id: {parent.run_id}  (wall time {wall / 60:.1f} min)")
     exp_id = parent.info().info.experiment_id
@@ -127,27 +132,40 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
 
 
 def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
-    from segnet import tracking
+    """The parent run (found by ``--resume`` or the ablation hash, else new) and its lock: an
+    ablation that is still running elsewhere on this machine is refused, not joined."""
+    from segnet import locks, tracking
+    from segnet.train import _check_runs_dir, run_dir
 
+    _check_runs_dir()
     if resume:
         info = tracking.get_run(uri, resume)
         if info.data.tags.get("segnet.ablation_hash") != p.hash:
             raise SegnetError(f"ablation run '{resume}' was made from another ablation config; "
                               "resume it with the same file, seeds and overrides")
-        return tracking.reopen_run(uri, resume)
+        lock = locks.lock_run(run_dir(resume), f"ablation {resume}")
+        return tracking.reopen_run(uri, resume), lock
     found = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_hash` = '{p.hash}'")
     found = [r for r in found if r.data.tags.get("segnet.role") == "ablation"]
     if found:
-        print(f"ablate: continuing ablation {found[0].info.run_id} (same config hash)", flush=True)
-        return tracking.reopen_run(uri, found[0].info.run_id)
+        run_id = found[0].info.run_id
+        lock = locks.lock_run(run_dir(run_id), f"ablation {run_id} (same config hash)")
+        print(f"ablate: continuing ablation {run_id} (same config hash)", flush=True)
+        return tracking.reopen_run(uri, run_id), lock
     parent = tracking.create_run(uri, p.experiment, f"ablation-{time.strftime('%m%d-%H%M%S')}",
                                  {"segnet.role": "ablation", "segnet.ablation_hash": p.hash,
                                   "segnet.reference": p.variants[0]})
-    parent.log_params({"ablation.file": str(p.file), "ablation.variants": ",".join(p.variants),
-                       "ablation.seeds": len(p.children) // len(p.variants), "ablation.bootstrap": p.bootstrap,
-                       **{k: v for k, v in p.children[0].cfg.flat().items() if not k.startswith(("model.", "decoder."))}})
-    parent.log_text(Path(p.file).read_text(), "ablation.yaml")
-    return parent
+    try:
+        lock = locks.try_lock(run_dir(parent.run_id))
+        parent.log_params({"ablation.file": str(p.file), "ablation.variants": ",".join(p.variants),
+                           "ablation.seeds": len(p.children) // len(p.variants), "ablation.bootstrap": p.bootstrap,
+                           **{k: v for k, v in p.children[0].cfg.flat().items()
+                              if not k.startswith(("model.", "decoder."))}})
+        parent.log_text(Path(p.file).read_text(), "ablation.yaml")
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    return parent, lock
 
 
 def _finished_children(uri, experiment, parent_id) -> set[tuple[str, int]]:
@@ -158,28 +176,93 @@ def _finished_children(uri, experiment, parent_id) -> set[tuple[str, int]]:
             for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics}
 
 
-def _run_children(todo: list[Child], parent_id: str, jobs: int) -> list[str]:
-    cores = os.cpu_count() or 1
-    ctx = multiprocessing.get_context("spawn")
-    failures = []
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = {}
-        for i, c in enumerate(todo):
-            over = ["train.resume=true"]
-            if jobs > 1 and c.cfg.train.threads == 0:
-                over.append(f"train.threads={max(1, cores // jobs)}")
-            cfg = c.cfg.replace(over)
-            tags = {"segnet.ablation_id": parent_id, "segnet.seed": c.seed}
-            print(f"ablate: [{i + 1}/{len(todo)}] {c.variant} seed {c.seed}", flush=True)
-            futures[pool.submit(_train_child, cfg, parent_id, tags)] = c
-        for fut in cf.as_completed(futures):
-            c = futures[fut]
-            try:
-                fut.result()
-            except Exception as e:  # one failed child must not hide the others' results
-                failures.append(f"{c.variant} seed {c.seed}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-                print(f"ablate: {c.variant} seed {c.seed} FAILED: {e}", flush=True)
+def child_command(c: Child, profile: Path | None, parent_id: str, jobs: int = 1) -> list[str]:
+    """The `segnet train` command line of one child: its config resolves exactly as in ``plan``."""
+    argv = [sys.executable, "-m", "segnet", "train"]
+    if profile:
+        argv += ["--config", str(profile)]
+    argv += ["--parent-run-id", parent_id, "--tag", f"segnet.ablation_id={parent_id}",
+             "--tag", f"segnet.seed={c.seed}"]
+    over = [*c.overrides, "train.resume=true"]
+    if jobs > 1 and c.cfg.train.threads == 0:
+        over.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")
+    return argv + over
+
+
+class _ChildProcess:
+    """One child training in its own process; its output is printed line by line with its label."""
+
+    def __init__(self, c: Child, argv: list[str]):
+        self.child = c
+        self.label = f"{c.variant} s{c.seed}"
+        env = {**os.environ, "SEGNET_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, env=env)
+        self.last_line = ""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip()
+            if line:
+                self.last_line = line
+                print(f"[{self.label}] {line}", flush=True)
+
+    def done(self) -> bool:
+        if self.proc.poll() is None:
+            return False
+        self.reader.join(timeout=5)
+        return True
+
+
+def _run_children(todo: list[Child], profile: Path | None, parent_id: str, jobs: int) -> list[str]:
+    """Train the children, ``jobs`` at a time, each as a `segnet train` process.
+
+    Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each ends its run
+    KILLED), waits for them, and re-raises; a SIGKILLed parent takes its children with it (see cli).
+    """
+    queue = list(todo)
+    running: list[_ChildProcess] = []
+    failures: list[str] = []
+    t0, n_done = time.perf_counter(), 0
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                c = queue.pop(0)
+                print(f"ablate: [{len(todo) - len(queue)}/{len(todo)}] start {c.variant} seed {c.seed}", flush=True)
+                running.append(_ChildProcess(c, child_command(c, profile, parent_id, jobs)))
+            time.sleep(0.2)
+            for cp in [cp for cp in running if cp.done()]:
+                running.remove(cp)
+                n_done += 1
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / n_done * (len(todo) - n_done)
+                status = "finished" if cp.proc.returncode == 0 else f"FAILED (exit {cp.proc.returncode})"
+                print(f"ablate: {cp.child.variant} seed {cp.child.seed} {status}; {n_done}/{len(todo)} done, "
+                      f"{len(running)} running, {len(queue)} pending, {elapsed / 60:.1f} min elapsed, "
+                      f"~{eta / 60:.1f} min left", flush=True)
+                if cp.proc.returncode != 0:
+                    failures.append(f"{cp.child.variant} seed {cp.child.seed}: {cp.last_line or 'no output'}")
+    except KeyboardInterrupt:
+        print(f"ablate: stopping {len(running)} running children ({len(queue)} not started)", flush=True)
+        _stop(running)
+        raise
     return failures
+
+
+def _stop(running: list[_ChildProcess], grace: float = 60.0) -> None:
+    """SIGTERM to each child, then wait (each ends its run KILLED); SIGKILL what outlives ``grace``."""
+    for cp in running:
+        with contextlib.suppress(ProcessLookupError):
+            cp.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for cp in running:
+        try:
+            cp.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            cp.proc.kill()
+            cp.proc.wait()
 
 
 def paired_bootstrap(diff: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:

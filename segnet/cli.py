@@ -17,9 +17,12 @@ Errors a user can cause print one line on stderr and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 
-from segnet.errors import SegnetError
+from segnet.errors import SegnetError, raise_on_sigint, raise_on_sigterm, stop_requested
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     with_config(sub.add_parser("shapes", help="per-stage shapes and the decoder's overlap pattern"))
-    with_config(sub.add_parser("train", help="train one model; prints run_id: <id>"))
+    tr = with_config(sub.add_parser("train", help="train one model; prints run_id: <id>"))
+    tr.add_argument("--parent-run-id", default=None,
+                    help="nest the run under this MLflow run (what ablate does for each child)")
+    tr.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra MLflow tag on the run (repeatable)")
     ev = sub.add_parser("evaluate", help="recompute every metric of a run's best model on a dataset")
     ev.add_argument("--run-id", required=True)
     ev.add_argument("overrides", nargs="*", help="e.g. data.dir=../shared/datasets/tgs-salt")
@@ -70,19 +77,58 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the MLflow UI for the tracking store")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--verbose", action="store_true", help="show the MLflow server's own log (default: to a file)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _follow_parent()
+    with contextlib.suppress(ValueError):  # SIGTERM cleans up like Ctrl-C (main thread only)
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, raise_on_sigint)
     try:
         return _dispatch(args) or 0
     except SegnetError as e:
-        print(f"segnet: error: {e}", file=sys.stderr)
+        if stop_requested():  # a signal that surfaced as another error (e.g. a child that was stopped)
+            return _stopped(stop_requested())
+        print(f"segnet: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("segnet: interrupted", file=sys.stderr)
-        return 130
+        return _stopped(stop_requested() or signal.SIGINT)
+    except Exception as e:
+        if stop_requested():  # TensorFlow re-raises an interrupt inside its pipeline as its own error
+            return _stopped(stop_requested())
+        if isinstance(e, OSError):  # the environment, not segnet: an unwritable folder, a full disk
+            where = f": {e.filename}" if e.filename else ""
+            print(f"segnet: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _stopped(signum: int) -> int:
+    print("segnet: interrupted" if signum == signal.SIGINT else f"segnet: stopped by signal {signum}",
+          file=sys.stderr)
+    return 128 + signum
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _follow_parent() -> None:
+    """A child started by ``segnet ablate`` (SEGNET_PARENT_PID set) ends with its parent, even a
+    SIGKILLed one: on Linux the kernel sends it SIGTERM when the parent dies, so its run ends KILLED."""
+    parent = os.environ.get("SEGNET_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent died before the line above
+        raise SystemExit(128 + signal.SIGTERM)
 
 
 def _dispatch(args) -> int | None:
@@ -106,7 +152,13 @@ def _dispatch(args) -> int | None:
             return 0
         from segnet.train import train
 
-        train(cfg)
+        tags = {}
+        for item in args.tag:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SegnetError(f"--tag '{item}' must look like KEY=VALUE")
+            tags[key] = value
+        train(cfg, parent_run_id=args.parent_run_id, extra_tags=tags)
         return 0
     if cmd == "evaluate":
         from segnet.evaluate import evaluate_run
@@ -134,7 +186,7 @@ def _dispatch(args) -> int | None:
         bench(quick=args.quick, out=args.out, levers=args.levers)
         return 0
     if cmd == "ui":
-        from segnet.tracking import serve_ui
+        from segnet.ui import serve
 
-        return serve_ui(args.host, args.port)
+        return serve(args.host, args.port, verbose=args.verbose)
     return None

@@ -44,9 +44,106 @@ def tracking_uri(cfg=None) -> str:
     return paths.DEFAULT_TRACKING_URI
 
 
+# A tracking server that does not answer is said at once, not after MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+_READY: set[str] = set()  # stores checked (and, for a new sqlite file, created) by this process
+
+
 def client(uri: str) -> MlflowClient:
+    """A client on a usable store: checked once per process and URI (see ``prepare_store``)."""
+    if uri not in _READY:
+        prepare_store(uri)
+        _READY.add(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    rest = uri[len("sqlite:"):]
+    if not rest.startswith("///") or rest == "///:memory:":
+        return None
+    return Path(rest[3:].split("?", 1)[0])
+
+
+def prepare_store(uri: str) -> None:
+    """Fail in one line, before any work, on a store that cannot be used.
+
+    A new sqlite file is created (MLflow's schema migrations) under an exclusive lock beside it: two
+    processes that migrate one new file at once break it for good. An http(s) server gets a short,
+    bounded health check instead of MLflow's minutes of silent retries.
+    """
+    from segnet import locks
+
+    db = _sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+        return
+    if db is not None:
+        if db.is_dir():
+            raise SegnetError(f"tracking store {uri}: {db} is a folder, not an sqlite file")
+        if not db.parent.is_dir():
+            raise SegnetError(f"tracking store {uri}: folder {db.parent} does not exist")
+        if db.exists() and db.stat().st_size and db.open("rb").read(16) != b"SQLite format 3\x00":
+            raise SegnetError(f"tracking store {uri}: {db} is not an sqlite database (corrupt, or another file)")
+        if not db.exists():
+            check_writable(uri)
+        with locks.store_lock(db.with_name(db.name + "-segnet.lock")):
+            _probe(uri)
+        return
+    _probe(uri)
+
+
+def check_writable(uri: str) -> None:
+    """Commands that log need a writable sqlite file and folder (sqlite writes its journal beside it)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    for p in (db, db.parent) if db.exists() else (db.parent,):
+        if not os.access(p, os.W_OK):
+            raise SegnetError(f"tracking store {uri}: {p} is read-only; make it writable or point "
+                              "MLFLOW_TRACKING_URI at another store")
+
+
+def _probe(uri: str) -> None:
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # an unusable store raises whatever its driver raises
+        raise SegnetError(f"tracking store {uri} cannot be used: {_first_line(e)}") from None
+
+
+def _check_server(uri: str, attempts: int = 3, timeout: float = 3.0) -> None:
+    """The server answers ``GET /health`` within a few seconds, or a one-line error saying so."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    reason = ""
+    for i in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (the user's own server)
+                if r.status < 500:
+                    return
+                reason = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            if e.code < 500:  # an auth proxy or an older server without /health: it answers
+                return
+            reason = f"HTTP {e.code}"
+        except (OSError, ValueError) as e:
+            reason = _first_line(getattr(e, "reason", None) or e) if not isinstance(e, ValueError) else _first_line(e)
+        if i + 1 < attempts:
+            time.sleep(1.0)
+    raise SegnetError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, or unset "
+                      "MLFLOW_TRACKING_URI (and tracking.uri) to use the embedded sqlite store")
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -75,23 +172,6 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
-def serve_ui(host: str = "127.0.0.1", port: int = 5000, experiment: str = "segnet") -> int:
-    """Serve the MLflow UI over the tracking store and print the direct link to the runs table."""
-    import sys
-
-    uri = tracking_uri()
-    exp_id = experiment_id(uri, experiment)
-    if uri.startswith("http"):
-        print(f"the tracking store is a server: open {runs_url(uri, exp_id)}", flush=True)
-        return 0
-    print(f"MLflow UI for {uri}\nopen: {runs_url(uri, exp_id, host, port)}\n(Ctrl-C to stop)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -112,6 +192,7 @@ class Run:
     several runs (a parent and its children, or parallel jobs) can be open in one process."""
 
     def __init__(self, uri: str, run_id: str):
+        check_writable(uri)
         self.uri = uri
         self.run_id = run_id
         self.client = client(uri)
@@ -155,19 +236,26 @@ class Run:
             parent = str(Path(artifact_file).parent)
             self.log_artifact(p, None if parent == "." else parent)
 
-    def log_keras_model(self, model, example) -> None:
-        """Log the Keras model with a tensor signature; it reloads with ``mlflow.pyfunc.load_model``."""
-        import keras
-        import tensorflow as tf
-        from mlflow.models import infer_signature
+    def log_model(self, keras_path: str | Path, cfg, threshold: float) -> None:
+        """Log the run's model as an MLflow pyfunc model (``segnet.serving.SaltSegmenter``) that loads with
+        ``mlflow.pyfunc.load_model`` and serves with ``mlflow models serve`` without segnet installed.
 
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        with _active(self):
-            mlflow.keras.log_model(
-                model,
+        The Keras file at ``keras_path`` is the artifact ``keras_model``; the segnet package travels as
+        ``code_paths``; the run's data.size / resize_mode, eval.tta and ``threshold`` go in the model.
+        """
+        import segnet
+        from segnet import serving
+
+        settings = serving.settings_from_config(cfg, threshold)
+        with _active(self), _quiet_model_logging():
+            mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
-                signature=signature,
-                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+                python_model=serving.SaltSegmenter(settings),
+                artifacts={serving.KERAS_ARTIFACT: str(keras_path)},
+                code_paths=[str(Path(segnet.__file__).resolve().parent)],
+                signature=serving.signature(settings),
+                pip_requirements=_serving_requirements(),
+                metadata={"segnet": settings},
             )
 
     def end(self, status: str = "FINISHED") -> None:
@@ -197,6 +285,7 @@ def _active(run: Run) -> Iterator[None]:
 
 
 def create_run(uri: str, experiment: str, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> Run:
+    check_writable(uri)
     exp_id = experiment_id(uri, experiment)
     all_tags = {"mlflow.runName": name, "mlflow.source.git.commit": git_commit(), **tags}
     if parent_run_id:
@@ -235,36 +324,113 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | Path
 
 
 def load_logged_model(uri: str, run_id: str):
-    """The run's logged Keras model (segnet's custom layers registered first)."""
-    import segnet.models  # noqa: F401  (registers the custom layers)
+    """The run's logged Keras model, uncompiled (no custom loss needed; segnet's layers registered first).
 
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.keras.load_model(f"runs:/{run_id}/{MODEL_NAME}")
-    except (mlflow.exceptions.MlflowException, OSError) as e:
-        raise SegnetError(f"run '{run_id}' has no loadable model ({str(e).splitlines()[0]})") from None
+    Read straight from the Keras file inside the logged pyfunc model (its ``keras_model`` artifact), or
+    for runs logged with the older ``mlflow.keras`` flavour, from ``model/data/*.keras``.
+    """
+    import keras
+    import yaml
+
+    import segnet.models  # noqa: F401  (registers the custom layers)
+    from segnet.serving import KERAS_ARTIFACT
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlmodel = download_artifact(uri, run_id, f"{MODEL_NAME}/MLmodel", tmp)
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        rel = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT, {}).get("path")
+        if rel:
+            local = download_artifact(uri, run_id, f"{MODEL_NAME}/{rel}", tmp)
+        else:  # mlflow.keras flavour
+            data = download_artifact(uri, run_id, f"{MODEL_NAME}/{flavors.get('keras', {}).get('data', 'data')}", tmp)
+            found = sorted(data.rglob("*.keras"))
+            if not found:
+                raise SegnetError(f"run '{run_id}' has no Keras file in its logged model")
+            local = found[0]
+        try:
+            return keras.models.load_model(local, compile=False)
+        except (ValueError, TypeError, OSError) as e:
+            raise SegnetError(f"run '{run_id}' has no loadable model ({_first_line(e)})") from None
 
 
 @contextlib.contextmanager
 def run_guard(run: Run) -> Iterator[Run]:
-    """End the run FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any error."""
-    previous = signal.getsignal(signal.SIGTERM)
+    """End the run FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any error.
 
-    def _term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    While the final status is written, further Ctrl-C or SIGTERM are held back: a second signal must
+    not leave the run RUNNING.
+    """
+    from segnet.errors import raise_on_sigint, raise_on_sigterm, stop_requested
 
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        if previous[signal.SIGINT] is signal.default_int_handler:  # an ignored SIGINT stays ignored
+            signal.signal(signal.SIGINT, raise_on_sigint)
     try:
         yield run
-    except KeyboardInterrupt:
-        run.end("KILLED")
-        raise
-    except BaseException:
-        run.end("FAILED")
+    except BaseException as e:
+        stopped = isinstance(e, KeyboardInterrupt) or stop_requested() is not None
+        with _signals_held():
+            run.end("KILLED" if stopped else "FAILED")
         raise
     else:
-        run.end("FINISHED")
+        with _signals_held():
+            run.end("FINISHED")
     finally:
-        with contextlib.suppress(ValueError, TypeError):
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM for the duration (main thread only), then restore the handlers."""
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            saved[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, h in saved.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, h)
+
+
+# -- the logged model (helpers of Run.log_model and load_logged_model) ----------------------------------
+def _serving_requirements() -> list[str]:
+    """Pinned versions of what the pyfunc model imports when it loads and predicts (mlflow is added by MLflow)."""
+    from importlib import metadata
+
+    import keras
+    import tensorflow as tf
+
+    reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    for dist in ("numpy", "pandas", "pillow", "opencv-python-headless"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return reqs
+
+
+@contextlib.contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Drop two of MLflow's generic notes that do not apply to segnet's model: no input example (the
+    signature is explicit; an example would be 2 images of JSON) and CloudPickle (only a dict of settings
+    and a class of the logged code are pickled)."""
+    import warnings
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "CloudPickle" not in record.getMessage()
+
+    logger, flt = logging.getLogger("mlflow.pyfunc"), _Filter()
+    logger.addFilter(flt)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*input example was not provided")
+            yield
+    finally:
+        logger.removeFilter(flt)

@@ -8,11 +8,11 @@ its last finished epoch with no epoch missing or logged twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet import paths
+from segnet import locks, paths
 from segnet.config import Config
 from segnet.errors import SegnetError
 
@@ -72,13 +72,34 @@ def make_strategy(name: str):
     return tf.distribute.MirroredStrategy(gpus if gpus else cpus)
 
 
-# -- schedule --------------------------------------------------------------------------------------
-def cosine_lr(cfg: Config, epoch: int) -> float:
-    t = cfg.train
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * epoch / max(1, t.epochs)))
-
-
 # -- state on disk ---------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the checkpoint files, written atomically each epoch.
+
+    ``checkpoint`` and ``best_checkpoint`` name the files of this very state (``last_e0003.keras``):
+    a kill between writing a checkpoint and writing the state leaves the previous, consistent pair.
+    """
+
+    lr: float
+    const_init: float
+    epoch: int = -1  # the last finished epoch (0-based); -1: none yet
+    history: dict[str, list] = field(default_factory=lambda: {k: [] for k in EPOCH_METRICS})
+    best: float = -1.0
+    best_epoch: int = -1
+    wait: int = 0
+    train_time_s: float = 0.0
+    checkpoint: str = ""
+    best_checkpoint: str = ""
+
+    def save(self, rdir: Path) -> None:
+        _atomic_write_json(dataclasses.asdict(self), rdir / "state.json")
+
+    @classmethod
+    def load(cls, rdir: Path) -> TrainState:
+        return cls(**json.loads((rdir / "state.json").read_text()))
+
+
 def _atomic_save_model(model, path: Path) -> None:
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)
@@ -95,32 +116,103 @@ def run_dir(run_id: str) -> Path:
     return paths.RUNS_DIR / run_id
 
 
-def find_resumable(cfg: Config, uri: str) -> str | None:
-    """The latest unfinished run of this exact config that left a resume state behind."""
+def _check_runs_dir() -> None:
+    """The local scratch folder must be writable before an MLflow run is opened for it."""
+    try:
+        paths.RUNS_DIR.mkdir(parents=True, exist_ok=True)
+        probe = paths.RUNS_DIR / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SegnetError(f"runs folder {paths.RUNS_DIR} is not writable ({e.strerror or e}); "
+                          "set SEGNET_RUNS_DIR to a writable folder") from None
+
+
+def _config_runs(cfg: Config, uri: str) -> list:
     from segnet import tracking
 
-    runs = tracking.find_runs(uri, cfg.tracking.experiment, f"tags.`segnet.config_hash` = '{cfg.hash()}'")
-    for r in runs:
-        if r.info.status != "FINISHED" and (run_dir(r.info.run_id) / "state.json").exists():
-            return r.info.run_id
+    return tracking.find_runs(uri, cfg.tracking.experiment, f"tags.`segnet.config_hash` = '{cfg.hash()}'",
+                              max_results=1000)
+
+
+def find_resumable(cfg: Config, uri: str) -> tuple[str, locks.RunLock] | None:
+    """The latest unfinished run of this exact config that left a resume state, locked for us.
+
+    A run whose owner is alive is never taken over: a one-line error says who holds it.
+    """
+    for r in _config_runs(cfg, uri):
+        rdir = run_dir(r.info.run_id)
+        if r.info.status != "FINISHED" and (rdir / "state.json").exists():
+            return r.info.run_id, locks.lock_run(rdir, f"run {r.info.run_id} of this config")
     return None
 
 
+def _end_dead_runs(cfg: Config, uri: str, own_id: str) -> None:
+    """Runs of this config still marked RUNNING whose owner died (SIGKILL, power loss) end KILLED,
+    so the UI does not show them as training; they stay resumable."""
+    from segnet import tracking
+
+    for r in _config_runs(cfg, uri):
+        rdir = run_dir(r.info.run_id)
+        if r.info.run_id != own_id and r.info.status == "RUNNING" and (rdir / locks.LOCK_NAME).exists() \
+                and not locks.is_alive(rdir):
+            tracking.Run(uri, r.info.run_id).end("KILLED")
+            log(f"note: run {r.info.run_id} of this config was left RUNNING by a process that died; marked KILLED")
+
+
+def open_run(cfg: Config, uri: str, data, parent_run_id: str | None, extra_tags: dict | None):
+    """Stage 1: resume the interrupted run of this config (``train.resume``) or create a new one.
+
+    Returns the run, its resume state (None for a new run) and the run's lock, held until training ends.
+    """
+    from segnet import tracking
+
+    _check_runs_dir()
+    found = find_resumable(cfg, uri) if cfg.train.resume else None
+    if cfg.train.resume and found is None:
+        log("resume: no interrupted run of this config was found; starting a new run")
+    if found:
+        run_id, lock = found
+        run = tracking.reopen_run(uri, run_id)
+        state = TrainState.load(run_dir(run_id))
+        log(f"resume: run {run_id} from epoch {state.epoch + 2} of {cfg.train.epochs}")
+    else:
+        tags = {
+            "segnet.decoder": cfg.model.decoder,
+            "segnet.variant": cfg.variant(),
+            "segnet.dataset": data.kind,
+            "segnet.data_fingerprint": data.fingerprint,
+            "segnet.config_hash": cfg.hash(),
+            **(extra_tags or {}),
+        }
+        name = cfg.tracking.run_name or f"{cfg.variant()}-{time.strftime('%m%d-%H%M%S')}"
+        run = tracking.create_run(uri, cfg.tracking.experiment, name, tags, parent_run_id=parent_run_id)
+        state = None
+        try:
+            lock = locks.try_lock(run_dir(run.run_id))  # a new id: nobody else can hold it
+        except BaseException:
+            run.end("FAILED")
+            raise
+    _end_dead_runs(cfg, uri, run.run_id)
+    return run, state, lock
+
+
+# -- schedule --------------------------------------------------------------------------------------
+def learning_rate(cfg: Config, epoch: int, state: TrainState) -> float:
+    """The epoch's learning rate: cosine from lr to min_lr, plateau halving (kept in the state), or constant."""
+    t = cfg.train
+    if t.schedule == "cosine":
+        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * epoch / max(1, t.epochs)))
+    return state.lr
+
+
 # -- validation ------------------------------------------------------------------------------------
-def predict_logits(model, images_net: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:
-    """Logits at network resolution; with ``tta`` the mean of the plain and the flipped prediction."""
-    z = model.predict(images_net, batch_size=batch_size, verbose=0).astype(np.float32)
-    if tta:
-        zf = model.predict(images_net[:, :, ::-1], batch_size=batch_size, verbose=0).astype(np.float32)
-        z = 0.5 * (z + zf[:, :, ::-1])
-    return z
-
-
 def validation_scores(cfg, model, val_images_net, val_masks, loss_fn):
     """Exact per-epoch validation metrics on the whole fold, at 101x101."""
     import tensorflow as tf
 
     from segnet.data.pipeline import from_network, to_network
+    from segnet.inference import predict_logits
     from segnet.metrics.segmentation import iou, tgs_map
 
     logits = predict_logits(model, val_images_net, cfg.train.batch_size)
@@ -136,16 +228,32 @@ def validation_scores(cfg, model, val_images_net, val_masks, loss_fn):
 
 
 # -- training --------------------------------------------------------------------------------------
-def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | None = None) -> TrainResult:
-    """Train one model as configured; returns the MLflow run id and the final metrics."""
-    import keras
+@dataclass
+class _Fit:
+    """What every epoch of one training needs: config, model, data, run and where it keeps state."""
 
-    from segnet import evaluate, tracking
+    cfg: Config
+    run: object
+    rdir: Path
+    model: object
+    strategy: object
+    images: np.ndarray
+    masks: np.ndarray
+    train_idx: np.ndarray
+    val_images_net: np.ndarray
+    val_masks: np.ndarray
+
+
+def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | None = None) -> TrainResult:
+    """Train one model as configured; returns the MLflow run id and the final metrics.
+
+    Stages: open or resume the run (``open_run``), build or restore the model (``_build_or_restore``),
+    the epochs (``_run_epoch``), the final evaluation and logging (``_finish``).
+    """
+    from segnet import tracking
     from segnet.data import load_dataset
     from segnet.data.folds import split
-    from segnet.data.pipeline import make_dataset, to_network
-    from segnet.losses import get_loss
-    from segnet.models import build_model, count_params
+    from segnet.data.pipeline import to_network
     from segnet.models.decoders import resolve_decoder
 
     strategy = setup_runtime(cfg)
@@ -157,140 +265,162 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
         f"in fold {cfg.data.fold}/{cfg.data.n_folds}) [{data.reason}]")
 
     uri = tracking.tracking_uri(cfg)
-    run_id = find_resumable(cfg, uri) if cfg.train.resume else None
-    if cfg.train.resume and run_id is None:
-        log("resume: no interrupted run of this config was found; starting a new run")
-    state = None
-    if run_id:
-        run = tracking.reopen_run(uri, run_id)
-        state = json.loads((run_dir(run_id) / "state.json").read_text())
-        log(f"resume: run {run_id} from epoch {state['epoch'] + 1} of {cfg.train.epochs}")
-    else:
-        tags = {
-            "segnet.decoder": cfg.model.decoder,
-            "segnet.variant": cfg.variant(),
-            "segnet.dataset": data.kind,
-            "segnet.data_fingerprint": data.fingerprint,
-            "segnet.config_hash": cfg.hash(),
-            **(extra_tags or {}),
-        }
-        name = cfg.tracking.run_name or f"{cfg.variant()}-{time.strftime('%m%d-%H%M%S')}"
-        run = tracking.create_run(uri, cfg.tracking.experiment, name, tags, parent_run_id=parent_run_id)
-        run_id = run.run_id
-    rdir = run_dir(run_id)
-    rdir.mkdir(parents=True, exist_ok=True)
-
-    with tracking.run_guard(run):
-        if state is None:
-            run.log_params(cfg.flat())
-            run.log_text(cfg.to_yaml(), "config.yaml")
-
-        loss_name = cfg.train.loss
-        with strategy.scope():
-            if state is not None:
-                model = keras.models.load_model(rdir / "last.keras")
-            else:
-                model = build_model(cfg)
-                model.compile(optimizer=keras.optimizers.Adam(cfg.train.lr), loss=get_loss(loss_name))
-
-        if state is None:
-            const_init = evaluate.const_response(model, spec)
-            state = {
-                "epoch": -1, "history": {k: [] for k in EPOCH_METRICS}, "best": -1.0, "best_epoch": -1,
-                "wait": 0, "lr": cfg.train.lr, "const_init": const_init, "train_time_s": 0.0,
-            }
-            run.log_metrics({"params_count": count_params(model), "artifact_const_response_init": const_init})
-        else:
-            _relog_missing_epochs(run, state)
-
-        train_ds = make_dataset(images[train_idx], masks[train_idx], cfg, training=True)
-        val_images_net = to_network(images[val_idx], cfg.data.size, cfg.data.resize_mode)
-        n_train = len(train_idx)
-        fit_verbose = 1 if sys.stdout.isatty() else 0
-        lovasz_from = cfg.train.epochs - cfg.train.lovasz_epochs if cfg.train.lovasz_epochs else cfg.train.epochs
-
-        for epoch in range(state["epoch"] + 1, cfg.train.epochs):
-            want_loss = "lovasz_hinge" if epoch >= lovasz_from else loss_name
-            if model.loss is not get_loss(want_loss):
-                log(f"epoch {epoch + 1}: fine-tuning with {want_loss}")
-                with strategy.scope():
-                    model.compile(optimizer=model.optimizer, loss=get_loss(want_loss))
-            lr = cosine_lr(cfg, epoch) if cfg.train.schedule == "cosine" else state["lr"]
-            model.optimizer.learning_rate.assign(lr)
-
-            t0 = time.perf_counter()
-            if fit_verbose:
-                log(f"epoch {epoch + 1}/{cfg.train.epochs}")
-            hist = model.fit(train_ds, epochs=1, verbose=fit_verbose, shuffle=False)  # the pipeline shuffles
-            t_train = time.perf_counter() - t0
-            scores = validation_scores(cfg, model, val_images_net, masks[val_idx], get_loss(want_loss))
-            epoch_time = time.perf_counter() - t0
-            metrics = {
-                "loss": float(hist.history["loss"][-1]), **scores, "lr": lr,
-                "epoch_time_s": epoch_time, "train_images_per_s": n_train / t_train,
-            }
-
-            improved = metrics["val_tgs_map"] > state["best"]
-            if improved:
-                state.update(best=metrics["val_tgs_map"], best_epoch=epoch, wait=0)
-                _atomic_save_model(model, rdir / "best.keras")
-            else:
-                state["wait"] += 1
-                if cfg.train.schedule == "plateau" and state["wait"] % 3 == 0:
-                    state["lr"] = max(cfg.train.min_lr, state["lr"] * 0.5)
-            state["epoch"] = epoch
-            state["train_time_s"] += epoch_time
-            for k in EPOCH_METRICS:
-                state["history"][k].append(metrics[k])
-            _atomic_save_model(model, rdir / "last.keras")
-            _atomic_write_json(state, rdir / "state.json")
-            run.log_metrics(metrics, step=epoch)
-            log(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
-                f"val_iou {metrics['val_iou']:.4f}  val_tgs_map {metrics['val_tgs_map']:.4f}{' *' if improved else '  '}  "
-                f"lr {lr:.2e}  {epoch_time:.1f}s  {metrics['train_images_per_s']:.0f} img/s")
-            if cfg.train.early_stopping and state["wait"] >= cfg.train.early_stopping and epoch < lovasz_from:
-                log(f"early stopping: no better val_tgs_map for {state['wait']} epochs")
-                break
-
-        log("final evaluation of the best checkpoint (threshold search, artifact metrics, plots)")
-        best = keras.models.load_model(rdir / "best.keras")
-        final = evaluate.evaluate_and_log(
-            run, best, cfg, spec, images[val_idx], masks[val_idx], [ids[i] for i in val_idx], prefix="",
-        )
-        final.update(
-            best_val_tgs_map=state["best"],
-            best_val_iou=state["history"]["val_iou"][state["best_epoch"]],
-            best_epoch=state["best_epoch"] + 1,
-            train_time_s=state["train_time_s"],
-            params_count=count_params(best),
-        )
-        run.log_metrics(final)
-        from segnet import plots
-
-        run.log_figure(plots.plot_learning_curves(state["history"]), "plots/learning_curves.png")
-        if cfg.tracking.log_model:
-            run.log_keras_model(best, val_images_net[:2])
-
-    shutil.rmtree(rdir / "last.keras", ignore_errors=True)
+    run, state, lock = open_run(cfg, uri, data, parent_run_id, extra_tags)
+    rdir = run_dir(run.run_id)
+    try:
+        with tracking.run_guard(run):
+            model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state)
+            fit = _Fit(cfg, run, rdir, model, strategy, images, masks, train_idx,
+                       to_network(images[val_idx], cfg.data.size, cfg.data.resize_mode), masks[val_idx])
+            for epoch in range(state.epoch + 1, cfg.train.epochs):
+                if _run_epoch(fit, state, epoch):
+                    break
+            final = _finish(fit, state, spec, images[val_idx], masks[val_idx], [ids[i] for i in val_idx])
+    finally:
+        lock.release()
+    for stale in rdir.glob("last_e*.keras"):
+        stale.unlink(missing_ok=True)
     exp_id = run.info().info.experiment_id
-    log(f"run_id: {run_id}")
+    log(f"run_id: {run.run_id}")
     log(f"best_val_tgs_map {final['best_val_tgs_map']:.4f} (epoch {final['best_epoch']})  "
         f"best_val_iou {final['best_val_iou']:.4f}  best_threshold {final['best_threshold']:.2f}  "
         f"val_tgs_map_tuned {final['val_tgs_map_tuned']:.4f}  train_time_s {final['train_time_s']:.0f}")
     log(f"look at it: make ui  (then {tracking.runs_url(uri, exp_id)})")
-    return TrainResult(run_id=run_id, metrics=final, history=state["history"], experiment_id=exp_id)
+    return TrainResult(run_id=run.run_id, metrics=final, history=state.history, experiment_id=exp_id)
 
 
-def _relog_missing_epochs(run, state) -> None:
+def _lovasz_from(cfg: Config) -> int:
+    return cfg.train.epochs - cfg.train.lovasz_epochs if cfg.train.lovasz_epochs else cfg.train.epochs
+
+
+def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: TrainState | None):
+    """Stage 2: a new model (params, config and a resume state at epoch -1 written before any epoch,
+    so even a kill during the first epoch resumes this run) or the checkpoint of the resume state."""
+    import keras
+
+    from segnet import evaluate
+    from segnet.losses import get_loss
+    from segnet.models import build_model, count_params
+
+    with strategy.scope():
+        if state is not None:
+            model = keras.models.load_model(rdir / state.checkpoint)
+        else:
+            model = build_model(cfg)
+            model.compile(optimizer=keras.optimizers.Adam(cfg.train.lr), loss=get_loss(cfg.train.loss))
+    if state is not None:
+        _relog_missing_epochs(run, state)
+        return model, state
+    run.log_params(cfg.flat())
+    run.log_text(cfg.to_yaml(), "config.yaml")
+    state = TrainState(lr=cfg.train.lr, const_init=evaluate.const_response(model, spec))
+    run.log_metrics({"params_count": count_params(model), "artifact_const_response_init": state.const_init})
+    _save_checkpoint(model, state, rdir, improved=False)
+    return model, state
+
+
+def _save_checkpoint(model, state: TrainState, rdir: Path, improved: bool) -> None:
+    """Checkpoint files named by epoch, then the state that names them, then the old files go."""
+    tag = f"e{state.epoch + 1:04d}"  # e0000: the initial model
+    old = {state.checkpoint, state.best_checkpoint}
+    state.checkpoint = f"last_{tag}.keras"
+    _atomic_save_model(model, rdir / state.checkpoint)
+    if improved:
+        state.best_checkpoint = f"best_{tag}.keras"
+        _atomic_save_model(model, rdir / state.best_checkpoint)
+    state.save(rdir)
+    for name in old - {state.checkpoint, state.best_checkpoint, ""}:
+        (rdir / name).unlink(missing_ok=True)
+
+
+def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
+    """Stage 3: one epoch (train, validate, checkpoint, state, metrics). True: stop early."""
+    from segnet.data.pipeline import make_dataset
+    from segnet.losses import get_loss
+
+    cfg, model = fit.cfg, fit.model
+    want_loss = "lovasz_hinge" if epoch >= _lovasz_from(cfg) else cfg.train.loss
+    if model.loss is not get_loss(want_loss):
+        log(f"epoch {epoch + 1}: fine-tuning with {want_loss}")
+        with fit.strategy.scope():
+            model.compile(optimizer=model.optimizer, loss=get_loss(want_loss))
+    lr = learning_rate(cfg, epoch, state)
+    model.optimizer.learning_rate.assign(lr)
+
+    # The epoch's order and augmentation depend on (seed, epoch) only: a resumed run sees what the
+    # uninterrupted one would have seen.
+    train_ds = make_dataset(fit.images[fit.train_idx], fit.masks[fit.train_idx], cfg, training=True, epoch=epoch)
+    fit_verbose = 1 if sys.stdout.isatty() else 0
+    t0 = time.perf_counter()
+    if fit_verbose:
+        log(f"epoch {epoch + 1}/{cfg.train.epochs}")
+    hist = model.fit(train_ds, epochs=1, verbose=fit_verbose, shuffle=False)  # the pipeline shuffles
+    t_train = time.perf_counter() - t0
+    scores = validation_scores(cfg, model, fit.val_images_net, fit.val_masks, get_loss(want_loss))
+    epoch_time = time.perf_counter() - t0
+    metrics = {
+        "loss": float(hist.history["loss"][-1]), **scores, "lr": lr,
+        "epoch_time_s": epoch_time, "train_images_per_s": len(fit.train_idx) / t_train,
+    }
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise SegnetError(f"epoch {epoch + 1}: training diverged (loss {metrics['loss']}, val_loss "
+                          f"{metrics['val_loss']}); lower train.lr (now {cfg.train.lr})")
+
+    improved = metrics["val_tgs_map"] > state.best
+    if improved:
+        state.best, state.best_epoch, state.wait = metrics["val_tgs_map"], epoch, 0
+    else:
+        state.wait += 1
+        if cfg.train.schedule == "plateau" and state.wait % 3 == 0:
+            state.lr = max(cfg.train.min_lr, state.lr * 0.5)
+    state.epoch = epoch
+    state.train_time_s += epoch_time
+    for k in EPOCH_METRICS:
+        state.history[k].append(metrics[k])
+    _save_checkpoint(model, state, fit.rdir, improved)
+    fit.run.log_metrics(metrics, step=epoch)
+    log(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+        f"val_iou {metrics['val_iou']:.4f}  val_tgs_map {metrics['val_tgs_map']:.4f}{' *' if improved else '  '}  "
+        f"lr {lr:.2e}  {epoch_time:.1f}s  {metrics['train_images_per_s']:.0f} img/s")
+    if cfg.train.early_stopping and state.wait >= cfg.train.early_stopping and epoch < _lovasz_from(cfg):
+        log(f"early stopping: no better val_tgs_map for {state.wait} epochs")
+        return True
+    return False
+
+
+def _finish(fit: _Fit, state: TrainState, spec, val_images, val_masks, val_ids) -> dict:
+    """Stage 4: the best checkpoint becomes best.keras, is evaluated (threshold, artifacts, plots),
+    and its metrics, learning curves and model are logged."""
+    import keras
+
+    from segnet import evaluate, plots
+    from segnet.models import count_params
+
+    log("final evaluation of the best checkpoint (threshold search, artifact metrics, plots)")
+    best_path = fit.rdir / "best.keras"
+    if state.best_checkpoint and (fit.rdir / state.best_checkpoint).exists():
+        os.replace(fit.rdir / state.best_checkpoint, best_path)
+        state.best_checkpoint = "best.keras"
+        state.save(fit.rdir)
+    best = keras.models.load_model(best_path)
+    final = evaluate.evaluate_and_log(fit.run, best, fit.cfg, spec, val_images, val_masks, val_ids, prefix="")
+    final.update(
+        best_val_tgs_map=state.best,
+        best_val_iou=state.history["val_iou"][state.best_epoch],
+        best_epoch=state.best_epoch + 1,
+        train_time_s=state.train_time_s,
+        params_count=count_params(best),
+    )
+    fit.run.log_metrics(final)
+    fit.run.log_figure(plots.plot_learning_curves(state.history), "plots/learning_curves.png")
+    if fit.cfg.tracking.log_model:
+        fit.run.log_model(best_path, fit.cfg, final["best_threshold"])
+    return final
+
+
+def _relog_missing_epochs(run, state: TrainState) -> None:
     """A kill between the state write and the metric batch leaves epochs on disk but not in MLflow."""
     logged = {m.step for m in run.metric_history("val_tgs_map")}
-    for epoch in range(state["epoch"] + 1):
+    for epoch in range(state.epoch + 1):
         if epoch not in logged:
-            run.log_metrics({k: state["history"][k][epoch] for k in EPOCH_METRICS}, step=epoch)
-
-
-def check_can_train(cfg: Config) -> None:
-    if cfg.train.precision == "mixed_float16" and cfg.train.strategy == "mirrored":
-        pass
-    if cfg.data.limit and cfg.data.limit < cfg.data.n_folds * 2:
-        raise SegnetError(f"data.limit={cfg.data.limit} is too small for {cfg.data.n_folds} folds")
+            run.log_metrics({k: state.history[k][epoch] for k in EPOCH_METRICS}, step=epoch)

@@ -1,0 +1,132 @@
+"""Run segnet the way users do: `python -m segnet ...` as a separate process, from a fresh interpreter.
+
+Every process gets its own tracking store and runs folder under the test's tmp_path, never the
+checkout's ``mlflow.db`` or ``runs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from segnet import paths
+
+
+def tiny_overrides(data_dir: Path, epochs: int = 2) -> list[str]:
+    """A model and data small enough that an epoch takes about a second on a busy 2-core machine."""
+    return [f"data.dir={data_dir}", "data.size=64", "data.resize_mode=resize", "data.limit=40", "data.n_folds=4",
+            "model.filters=4", "model.depth=3", f"train.epochs={epochs}", "train.batch_size=8",
+            "train.early_stopping=0", "eval.overlays=2", "tracking.experiment=test", "tracking.log_model=false"]
+
+
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def segnet_env(tmp_path: Path, **extra: str) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEGNET_RUNS_DIR": str(tmp_path / "runs"),
+           "MLFLOW_TRACKING_URI": store_uri(tmp_path), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env.pop("SEGNET_PARENT_PID", None)
+    env.update(extra)
+    return env
+
+
+def _interactive_signals() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python installs
+    # no KeyboardInterrupt handler for an ignored SIGINT: give the child the default a terminal gives.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn(args: list[str], tmp_path: Path, env: dict | None = None, new_group: bool = False) -> subprocess.Popen:
+    """``python -m segnet *args`` in the background, output captured (stdout and stderr together)."""
+    def pre() -> None:
+        _interactive_signals()
+        if new_group:
+            os.setpgid(0, 0)
+
+    return subprocess.Popen([sys.executable, "-m", "segnet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env or segnet_env(tmp_path), cwd=paths.ROOT,
+                            preexec_fn=pre)
+
+
+def run(args: list[str], tmp_path: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segnet", *args], capture_output=True, text=True,
+                          env=env or segnet_env(tmp_path), cwd=paths.ROOT, timeout=timeout)
+
+
+def wait_for_state(proc: subprocess.Popen | None, runs_dir: Path, epoch: int, timeout: float = 300,
+                   exact: bool = False) -> Path:
+    """The first run folder whose resume state reached ``epoch`` (-1: the state written before epoch 1)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for state in runs_dir.glob("*/state.json"):
+            try:
+                got = json.loads(state.read_text())["epoch"]
+            except (json.JSONDecodeError, OSError, KeyError):
+                continue
+            if got >= epoch:
+                assert not exact or got == epoch, f"state already at epoch {got}, wanted {epoch}"
+                return state
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no state reached epoch {epoch} in {timeout} s")
+
+
+def run_statuses(tmp_path: Path) -> dict[str, str]:
+    """run id -> status, straight from the sqlite file (no MLflow involved)."""
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as con:
+        if not con.execute("select name from sqlite_master where name='runs'").fetchone():
+            return {}
+        return dict(con.execute("select run_uuid, status from runs").fetchall())
+
+
+def metric_history(tmp_path: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of a metric, in step order, duplicates included."""
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        return con.execute("select step, value from metrics where run_uuid=? and key=? order by step, timestamp",
+                           (run_id, key)).fetchall()
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        try:  # a zombie is dead for our purposes
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                continue
+        except OSError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(k) for k in (t / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out

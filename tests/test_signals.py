@@ -1,0 +1,170 @@
+"""Signals and concurrency, as users meet them: separate `python -m segnet` processes on one store.
+
+Three trainings on a store that does not exist yet; SIGTERM and Ctrl-C to `train` and to `ablate`
+(every run ends KILLED, the parent exits promptly, no process is left); SIGKILL before the first epoch
+and mid-training, then resume (same run, every epoch once, the metrics of an uninterrupted run); a
+resume or a second ablation while the owner lives is refused with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.procs import (
+    children_of,
+    metric_history,
+    pids_alive,
+    run,
+    run_statuses,
+    segnet_env,
+    spawn,
+    tiny_overrides,
+    wait_for_state,
+)
+
+FOREVER = "train.epochs=100000"  # a run that cannot end by itself before the signal, however slow the host
+
+
+def _finish(proc, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def test_three_trainings_at_once_on_a_new_store(tiny_synth, tmp_path):
+    assert not (tmp_path / "mlflow.db").exists()
+    procs = [spawn(["train", *tiny_overrides(tiny_synth, epochs=1), f"train.seed={s}"], tmp_path) for s in range(3)]
+    outs = [_finish(p) for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+        assert "run_id: " in out
+    assert sorted(run_statuses(tmp_path).values()) == ["FINISHED"] * 3
+    # The store is still usable by MLflow itself afterwards.
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [e.name for e in c.search_experiments()] and len(c.search_runs([c.get_experiment_by_name("test").experiment_id])) == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_ends_train_killed(sig, tiny_synth, tmp_path):
+    proc = spawn(["train", *tiny_overrides(tiny_synth), FOREVER], tmp_path)
+    wait_for_state(proc, tmp_path / "runs", 0)
+    t0 = time.time()
+    proc.send_signal(sig)
+    out = _finish(proc, timeout=120)
+    assert proc.returncode == 128 + sig, out[-3000:]
+    assert time.time() - t0 < 60
+    assert "Traceback" not in out
+    assert list(run_statuses(tmp_path).values()) == ["KILLED"]
+
+
+def test_resume_while_the_owner_lives_is_refused(tiny_synth, tmp_path):
+    over = [*tiny_overrides(tiny_synth), FOREVER]
+    owner = spawn(["train", *over], tmp_path)
+    try:
+        state = wait_for_state(owner, tmp_path / "runs", 0)
+        second = run(["train", *over, "train.resume=true"], tmp_path, timeout=300)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        err = [line for line in second.stderr.splitlines() if line.startswith("segnet:")]
+        assert len(err) == 1 and f"run {state.parent.name}" in err[0] and f"pid {owner.pid}" in err[0], second.stderr
+        assert "still running" in err[0] and "Traceback" not in second.stderr
+        assert len(run_statuses(tmp_path)) == 1  # no second run was opened
+    finally:
+        owner.send_signal(signal.SIGTERM)
+        _finish(owner, timeout=120)
+    assert list(run_statuses(tmp_path).values()) == ["KILLED"]
+
+
+def test_sigkill_then_resume_is_the_uninterrupted_run(tiny_synth, tmp_path):
+    """Killed before its first epoch ends, then again mid-training, a run resumed twice logs every epoch
+    once, in the same MLflow run, with the losses of a run that was never interrupted."""
+    epochs = 4
+    over = tiny_overrides(tiny_synth, epochs=epochs)
+    ref_dir, dir_ = tmp_path / "uninterrupted", tmp_path / "killed"
+    ref_dir.mkdir()
+    dir_.mkdir()
+    ref = spawn(["train", *over], ref_dir)  # runs alongside: its own store and runs folder
+
+    first = spawn(["train", *over], dir_)
+    state = wait_for_state(first, dir_ / "runs", -1)
+    first.kill()  # SIGKILL before the first epoch ended: no handler runs, the run stays RUNNING
+    first.communicate()
+    run_id = state.parent.name
+    assert run_statuses(dir_) == {run_id: "RUNNING"}
+
+    second = spawn(["train", *over, "train.resume=true"], dir_)
+    wait_for_state(second, dir_ / "runs", 1)
+    second.kill()  # mid-training
+    out2 = _finish(second)
+    assert f"resume: run {run_id}" in out2, out2[-3000:]
+
+    third = run(["train", *over, "train.resume=true"], dir_)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert f"resume: run {run_id}" in third.stdout and f"run_id: {run_id}" in third.stdout
+    assert run_statuses(dir_) == {run_id: "FINISHED"}
+
+    ref_out = _finish(ref)
+    assert ref.returncode == 0, ref_out[-3000:]
+    (ref_id,) = run_statuses(ref_dir)
+    for key in ("loss", "val_loss", "val_tgs_map", "lr"):
+        got, want = metric_history(dir_, run_id, key), metric_history(ref_dir, ref_id, key)
+        assert [s for s, _ in got] == list(range(epochs)), (key, got)  # every epoch once
+        assert [s for s, _ in want] == list(range(epochs))
+        for (_, a), (_, b) in zip(got, want, strict=True):
+            assert a == pytest.approx(b, rel=1e-4, abs=1e-5), (key, got, want)
+    # Finished runs keep only the best checkpoint (and the resume state) on disk.
+    assert sorted(p.name for p in (dir_ / "runs" / run_id).glob("*.keras")) == ["best.keras"]
+
+
+def _ablation_file(tmp_path, data_dir) -> str:
+    f = tmp_path / "ablation.yaml"
+    over = "\n".join(f"  - {o}" for o in [*tiny_overrides(data_dir), FOREVER])
+    f.write_text(f"seeds: 1\noverrides:\n{over}\nvariants:\n  transposed_k3:\n    model.decoder: transposed\n"
+                 "  upsampling_nearest:\n    model.decoder: upsampling\n")
+    return str(f)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to its pid", "Ctrl-C to its process group"])
+def test_signal_stops_ablate_and_every_child(how, tiny_synth, tmp_path):
+    abl = _ablation_file(tmp_path, tiny_synth)
+    proc = spawn(["ablate", "--config", abl, "--jobs", "2"], tmp_path, new_group=True)
+    try:
+        wait_for_state(proc, tmp_path / "runs", 0)
+        kids = children_of(proc.pid)
+        assert kids, "the children run as processes of their own"
+        # A second ablation of the same config while this one runs is refused, not joined.
+        again = run(["ablate", "--config", abl, "--jobs", "2"], tmp_path, timeout=300)
+        assert again.returncode == 2 and "still running" in again.stderr, again.stdout[-2000:] + again.stderr
+        t0 = time.time()
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+            want = 128 + signal.SIGTERM
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            want = 130
+        out = _finish(proc, timeout=180)
+        assert proc.returncode == want, out[-3000:]
+        assert time.time() - t0 < 90, "the parent must not wait for queued children to train"
+        assert not pids_alive(kids), "every child process ended"
+        statuses = run_statuses(tmp_path)
+        assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def test_runs_folder_that_cannot_be_created_opens_no_run(tiny_synth, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # mkdir under a file fails for every user, root included
+    env = segnet_env(tmp_path, SEGNET_RUNS_DIR=str(blocker / "runs"))
+    out = run(["train", *tiny_overrides(tiny_synth)], tmp_path, env=env)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr
+    err = [line for line in out.stderr.splitlines() if line.startswith("segnet:")]
+    assert len(err) == 1 and "SEGNET_RUNS_DIR" in err[0] and str(blocker) in err[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert "RUNNING" not in run_statuses(tmp_path).values()
