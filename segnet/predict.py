@@ -19,6 +19,20 @@ def predict_masks(model, cfg, images: np.ndarray, threshold: float, tta: bool, p
     return Predictor.from_config(model, cfg, threshold, tta=tta).masks(images, progress=progress)
 
 
+def _check_writable_out(out: Path) -> None:
+    """The submission's folder exists (or can be made) and takes a file."""
+    if out.is_dir():
+        raise SegnetError(f"--out {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
+    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as e:
+        raise SegnetError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool | None = None) -> Path:
     from segnet.data.rle import rle_encode
     from segnet.data.tgs import read_images
@@ -27,6 +41,7 @@ def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool 
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise SegnetError(f"image folder not found: {images_dir}")
+    _check_writable_out(out)  # before minutes of prediction, not after
     tr = load_run(run_id)
     images, ids = read_images(images_dir)
     if len(ids) == 0:

@@ -256,15 +256,18 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     from segnet.data.pipeline import to_network
     from segnet.models.decoders import resolve_decoder
 
-    strategy = setup_runtime(cfg)
-    spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
+    # What a user can get wrong is checked before TensorFlow is set up: the data, the store, the runs folder.
     data = load_dataset(cfg)
     images, masks, ids = data.images, data.masks, data.ids
     train_idx, val_idx = split(data, cfg)
     log(f"data: {data.dir} ({data.kind}, {len(ids)} images: {len(train_idx)} train, {len(val_idx)} validation "
         f"in fold {cfg.data.fold}/{cfg.data.n_folds}) [{data.reason}]")
-
     uri = tracking.tracking_uri(cfg)
+    tracking.client(uri)
+    _check_runs_dir()
+
+    strategy = setup_runtime(cfg)
+    spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
     run, state, lock = open_run(cfg, uri, data, parent_run_id, extra_tags)
     rdir = run_dir(run.run_id)
     try:

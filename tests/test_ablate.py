@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -12,14 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from segnet import paths
-from segnet.ablate import SUMMARY_METRICS, ablate, paired_bootstrap, plan, summary_markdown
+from segnet.ablate import SUMMARY_METRICS, paired_bootstrap, plan, summary_markdown
 from segnet.cli import main as cli_main
 from segnet.errors import ConfigError
 
+from .procs import run, store_uri
 from .test_train import tiny_overrides
 
 
@@ -103,52 +108,55 @@ def _post(base: str, path: str, payload: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path, monkeypatch, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SEGNET_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path):
+    """`segnet ablate` and `segnet compare` as users run them (separate processes), then a rerun that
+    trains nothing, then the review through a real MLflow server's REST API, as the UI sees it."""
+    from mlflow import MlflowClient
+
+    uri = store_uri(tmp_path)
     spec = {"seeds": 1, "bootstrap": 200,
             "overrides": [*tiny_overrides(tiny_synth, uri), "train.epochs=1", "tracking.log_model=false"],
             "variants": {"transposed_k3": {"model.decoder": "transposed", "decoder.kernel_size": 3},
                          "upsampling_nearest": {"model.decoder": "upsampling"}}}
     f = _write(tmp_path, spec)
-    parent_id, summary = ablate(f, jobs=2)
+    out = run(["ablate", "--config", str(f), "--jobs", "2"], tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parent_id = re.search(r"^ablation_run_id: ([0-9a-f]{32})", out.stdout, re.M).group(1)
+    assert "[transposed_k3 s42] epoch   1/1" in out.stdout and "2/2 done, 0 running, 0 pending" in out.stdout
+    client = MlflowClient(uri)
+    summary = pd.read_csv(client.download_artifacts(parent_id, "summary.csv", str(tmp_path)))
     assert list(summary.variant) == ["transposed_k3", "upsampling_nearest"]
     assert summary.loc[1, "diff_lo"] <= summary.loc[1, "diff_mean"] <= summary.loc[1, "diff_hi"]
-    assert f"ablation_run_id: {parent_id}" in capsys.readouterr().out
 
     # The same interval from `segnet compare` on the two children (any finished runs can be compared).
-    from segnet.ablate import compare_runs
     from segnet.tracking import find_runs
 
     kids = {r.data.tags["segnet.variant"]: r.info.run_id
             for r in find_runs(uri, "test", f"tags.`segnet.ablation_id` = '{parent_id}'")}
-    cmp = compare_runs(uri, kids["transposed_k3"], [kids["upsampling_nearest"]], n=200)
-    assert cmp.loc[0, ["diff_mean", "diff_lo", "diff_hi"]].tolist() == pytest.approx(
-        summary.loc[1, ["diff_mean", "diff_lo", "diff_hi"]].tolist())
-    assert cli_main(["compare", kids["transposed_k3"], kids["upsampling_nearest"], "--bootstrap", "200"]) == 0
-    assert f"{kids['upsampling_nearest']}: final " in capsys.readouterr().out
+    cmp = run(["compare", kids["transposed_k3"], kids["upsampling_nearest"], "--bootstrap", "200"], tmp_path)
+    assert cmp.returncode == 0, cmp.stderr[-3000:]
+    r = summary.loc[1]
+    assert (f"{kids['upsampling_nearest']}: final {r.tgs_map_tuned_mean:.4f}  diff {r.diff_mean:+.4f} "
+            f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]") in cmp.stdout, cmp.stdout
 
-    from mlflow import MlflowClient
-
-    first_wall = MlflowClient(uri).get_run(parent_id).data.metrics["wall_time_s"]
+    first_wall = client.get_run(parent_id).data.metrics["wall_time_s"]
 
     # Rerunning the same ablation finds the parent by its hash and trains nothing again; its wall time
     # adds to the first invocation's instead of replacing it.
-    again, _ = ablate(f, jobs=1)
-    assert again == parent_id
-    assert "2 finished children kept, 0 to train" in capsys.readouterr().out
-    assert MlflowClient(uri).get_run(parent_id).data.metrics["wall_time_s"] > first_wall
+    again = run(["ablate", "--config", str(f)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"ablation_run_id: {parent_id}" in again.stdout
+    assert "2 finished children kept, 0 to train" in again.stdout
+    assert client.get_run(parent_id).data.metrics["wall_time_s"] > first_wall
 
     # Review through a real MLflow server's REST API, as the UI sees it.
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        for _ in range(240):
             try:
                 _get(base, "/health")
                 break
@@ -173,6 +181,7 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path,
         best = summary.loc[summary.tgs_map_tuned_mean.idxmax(), "variant"]
         assert {t["key"]: t["value"] for t in parent["tags"]}["segnet.best_variant"] == best
         assert {m["key"] for m in parent["metrics"]} >= {"best_tgs_map_tuned_mean", "wall_time_s"}
-    finally:
-        server.terminate()
+    finally:  # the server and every worker it started (its own session)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

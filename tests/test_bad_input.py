@@ -82,6 +82,37 @@ def _add_row(csv: Path, **row: str) -> None:
     pd.concat([df, pd.DataFrame({k: [v] for k, v in row.items()})]).to_csv(csv, index=False)
 
 
+def corrupt_store(ctx: Ctx) -> None:
+    (ctx.tmp / "mlflow.db").write_bytes(b"this is not a database, it was overwritten\n" * 20)
+
+
+def store_folder(ctx: Ctx) -> None:
+    (ctx.tmp / "store").mkdir()
+
+
+def closed_port(ctx: Ctx) -> dict:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: bound, then released
+        s.bind(("127.0.0.1", 0))
+        return {"port": str(s.getsockname()[1])}
+
+
+def dataset_and_closed_port(ctx: Ctx) -> dict:
+    ctx.dataset()
+    return closed_port(ctx)
+
+
+def dataset_and_corrupt_store(ctx: Ctx) -> None:
+    ctx.dataset()
+    corrupt_store(ctx)
+
+
+def dataset_and_a_file(ctx: Ctx) -> None:
+    ctx.dataset()
+    (ctx.tmp / "afile").write_text("a file where a folder should be")
+
+
 def config_folder(ctx: Ctx) -> None:
     (ctx.tmp / "profile").mkdir()
 
@@ -229,6 +260,26 @@ CASES = [
          skip="root ignores file permissions" if _ROOT else None),
     Case("synth_negative_seed", ["data", "synth", "--out", "{tmp}/s", "--n", "8", "--seed", "-1"], ["--seed"],
          absent=["s"]),
+    # -- the tracking store and the run folders --
+    Case("store_corrupt", ["evaluate", "--run-id", "0123456789abcdef"], ["{tmp}/mlflow.db", "not an sqlite database"],
+         setup=corrupt_store),
+    Case("store_is_a_folder", ["compare", "a", "b"], ["{tmp}/store", "is a folder"], setup=store_folder,
+         env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/store"}),
+    Case("store_uri_invalid", ["evaluate", "--run-id", "0123456789abcdef"], ["tracking store nope://x", "cannot be used"],
+         env={"MLFLOW_TRACKING_URI": "nope://x"}),
+    Case("store_server_unreachable", ["evaluate", "--run-id", "0123456789abcdef"],
+         ["cannot reach the MLflow tracking server", "http://127.0.0.1:{port}"], setup=closed_port,
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, timeout=60),
+    Case("train_store_unreachable", [*_TRAIN, "data.dir={tmp}/ds"],
+         ["cannot reach the MLflow tracking server", "http://127.0.0.1:{port}"], setup=dataset_and_closed_port,
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, tf_noise=True, timeout=120),
+    Case("train_store_corrupt", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "not an sqlite database"],
+         setup=dataset_and_corrupt_store, tf_noise=True),
+    Case("unknown_run", ["evaluate", "--run-id", "0123456789abcdef"], ["run '0123456789abcdef' not found"]),
+    Case("predict_out_under_a_file", ["predict", "--run-id", "0123456789abcdef", "--images", "{tmp}/ds/train/images",
+                                      "--out", "{tmp}/afile/s.csv"], ["--out {tmp}/afile/s.csv", "cannot write"],
+         setup=dataset_and_a_file, absent=["afile/s.csv"]),
+    Case("train_unknown_tag_format", [*_TRAIN, "--tag", "nokey"], ["--tag 'nokey'", "KEY=VALUE"], tf_noise=True),
     # -- training on a bad dataset (segnet.train sets TensorFlow up before it reads the data) --
     Case("zero_images_train", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/ds/train.csv", "no training images"],
          setup=zero_images, tf_noise=True),
@@ -259,13 +310,15 @@ def _run(case: Case, tmp: Path, names: dict) -> subprocess.CompletedProcess:
         NO_ALBUMENTATIONS_UPDATE="1",
     )
     env.pop("TGS_DATA", None)
-    env.update(case.env)
+    env.update({k: v.format(**names) for k, v in case.env.items()})
     argv = [a.format(**names) for a in case.argv]
     return subprocess.run([sys.executable, "-m", "segnet", *argv], cwd=tmp, env=env, capture_output=True,
                           text=True, timeout=case.timeout)
 
 
 def _running_runs(db: Path) -> int:
+    if db.read_bytes()[:16] != b"SQLite format 3\x00":  # a case that corrupted the store on purpose
+        return 0
     with sqlite3.connect(db) as con:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone():
             return 0

@@ -146,6 +146,7 @@ def test_lever_models_swap_only_what_they_name():
     assert c112.model == cdef.model and m112.count_params() == mdef.count_params()
 
 
+@pytest.mark.slow  # 40 s of model building; the levers' model swap itself is checked above
 def test_bench_levers_rows(tmp_path, store):
     from segnet.bench import BASELINE, Settings, bench
 

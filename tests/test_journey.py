@@ -1,7 +1,9 @@
 """The user's journey through the README, each command a separate process, as from a fresh shell.
 
 train -> predict -> evaluate -> the logged model in a Python that cannot import segnet (mlflow.pyfunc,
-through the model's own code_paths) -> `mlflow models serve` -> ablate -> compare. Nothing here may pass
+through the model's own code_paths) -> `mlflow models serve`. The rest of the journey, `ablate` (two
+tiny variants, children as their own processes, a restart) -> `compare`, runs the same way in
+tests/test_ablate.py; stopping them by signal in tests/test_signals.py. Nothing here may pass
 because this pytest process happens to have imported a segnet module: every step runs in its own
 process with its own imports, on a tiny synthetic dataset, against its own sqlite store.
 """
@@ -222,32 +224,3 @@ def test_mlflow_models_serve_answers_invocations(journey):
         sub = _submission_masks(journey.submission)
         for i in range(2):
             assert _agree(mask[i], sub[ids[i]]) > 0.999, ids[i]
-
-
-@pytest.mark.slow  # two more trainings, each its own process, then the bootstrap: about 2 minutes on 2 cores
-def test_ablate_then_compare(journey):
-    from mlflow import MlflowClient
-
-    spec = journey.tmp / "ablation.yaml"
-    spec.write_text(textwrap.dedent(f"""
-        profile: {paths.QUICK_CONFIG}
-        seeds: 1
-        bootstrap: 200
-        overrides: {json.dumps(tiny(journey.data))}
-        variants:
-          transposed_k3: {{model.decoder: transposed, decoder.kernel_size: 3}}
-          upsampling_nearest: {{model.decoder: upsampling, decoder.interpolation: nearest}}
-    """))
-    out = journey.segnet("ablate", "--config", str(spec))
-    m = re.search(r"^ablation_run_id: ([0-9a-f]{32})", out, re.M)
-    assert m, out[-3000:]
-    parent = m.group(1)
-    client = MlflowClient(journey.uri)
-    exp = client.get_experiment_by_name("journey")
-    children = client.search_runs([exp.experiment_id], f"tags.`segnet.ablation_id` = '{parent}'")
-    by_variant = {r.data.tags.get("segnet.variant"): r for r in children}
-    assert set(by_variant) == {"transposed_k3", "upsampling_nearest"}, out[-3000:]
-    assert all(r.info.status == "FINISHED" for r in children)
-    ref, other = by_variant["transposed_k3"].info.run_id, by_variant["upsampling_nearest"].info.run_id
-    out = journey.segnet("compare", ref, other, "--bootstrap", "200")
-    assert f"reference {ref}" in out and other in out, out[-3000:]
