@@ -26,3 +26,14 @@ def _folds_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "FOLDS_DIR", tmp_path_factory.mktemp("folds"))
         yield
+
+
+@pytest.fixture
+def empty_dataset(tmp_path) -> Path:
+    """A dataset folder in the Kaggle layout with headers and folders but not one image."""
+    d = tmp_path / "empty"
+    (d / "train/images").mkdir(parents=True)
+    (d / "train/masks").mkdir(parents=True)
+    (d / "train.csv").write_text("id,rle_mask\n")
+    (d / "depths.csv").write_text("id,z\n")
+    return d

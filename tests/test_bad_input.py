@@ -108,6 +108,15 @@ def dataset_and_corrupt_store(ctx: Ctx) -> None:
     corrupt_store(ctx)
 
 
+def dataset_and_read_only_store(ctx: Ctx) -> None:
+    import sqlite3
+
+    ctx.dataset()
+    db = ctx.tmp / "mlflow.db"
+    sqlite3.connect(db).close()
+    db.chmod(0o444)
+
+
 def dataset_and_a_file(ctx: Ctx) -> None:
     ctx.dataset()
     (ctx.tmp / "afile").write_text("a file where a folder should be")
@@ -275,6 +284,9 @@ CASES = [
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, tf_noise=True, timeout=120),
     Case("train_store_corrupt", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "not an sqlite database"],
          setup=dataset_and_corrupt_store, tf_noise=True),
+    Case("store_read_only", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "read-only"],
+         setup=dataset_and_read_only_store, tf_noise=True,
+         skip="root writes read-only files: nothing to refuse" if _ROOT else None),
     Case("unknown_run", ["evaluate", "--run-id", "0123456789abcdef"], ["run '0123456789abcdef' not found"]),
     Case("predict_out_under_a_file", ["predict", "--run-id", "0123456789abcdef", "--images", "{tmp}/ds/train/images",
                                       "--out", "{tmp}/afile/s.csv"], ["--out {tmp}/afile/s.csv", "cannot write"],

@@ -52,13 +52,9 @@ def test_cmd_get_without_kaggle_explains_and_makes_synthetic(tmp_path, monkeypat
     assert "already" in capsys.readouterr().out
 
 
-def test_cmd_check_fails_for_zero_images(tmp_path):
+def test_cmd_check_fails_for_zero_images(empty_dataset):
     """A header-only train.csv (and empty folders) is no dataset: `data check` must not say ok."""
-    d = tmp_path / "empty"
-    (d / "train/images").mkdir(parents=True)
-    (d / "train/masks").mkdir(parents=True)
-    (d / "train.csv").write_text("id,rle_mask\n")
-    (d / "depths.csv").write_text("id,z\n")
+    d = empty_dataset
     with pytest.raises(DataError, match="no training images") as e:
         commands.cmd_check(d)
     assert str(d / "train.csv") in str(e.value)

@@ -175,11 +175,7 @@ def test_synthetic_data_cannot_be_generated(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-def test_load_dataset_with_zero_images(tmp_path):
-    d = tmp_path / "empty"
-    (d / "train/images").mkdir(parents=True)
-    (d / "train/masks").mkdir(parents=True)
-    (d / "train.csv").write_text("id,rle_mask\n")
-    (d / "depths.csv").write_text("id,z\n")
+def test_load_dataset_with_zero_images(empty_dataset):
+    d = empty_dataset
     with pytest.raises(DataError, match="no training images"):
         load_dataset(make_cfg(data_dir=str(d)))
