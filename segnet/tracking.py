@@ -95,7 +95,7 @@ def prepare_store(uri: str) -> None:
             raise SegnetError(f"tracking store {uri}: folder {db.parent} does not exist")
         if db.exists() and db.stat().st_size and db.open("rb").read(16) != b"SQLite format 3\x00":
             raise SegnetError(f"tracking store {uri}: {db} is not an sqlite database (corrupt, or another file)")
-        if not db.exists():
+        if not db.exists() or not db.stat().st_size:  # a new store: MLflow must write its tables
             check_writable(uri)
         with locks.store_lock(db.with_name(db.name + "-segnet.lock")):
             _probe(uri)
