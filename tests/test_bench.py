@@ -75,10 +75,10 @@ def test_flop_count_matches_hand_count():
 
 
 def test_round_order_interleaves():
-    from segnet.bench import _order
+    from segnet.bench import round_order
 
     names = ["a", "b", "c"]
-    orders = [_order(names, r) for r in range(2 * len(names))]
+    orders = [round_order(names, r) for r in range(2 * len(names))]
     assert all(sorted(o) == names for o in orders)
     assert all(a != b for a, b in zip(orders, orders[1:], strict=False))
     mean_pos = {n: sum(o.index(n) for o in orders) / len(orders) for n in names}
@@ -129,7 +129,7 @@ def test_lever_models_swap_only_what_they_name():
     the default model keeps the fused layer afterwards."""
     import keras
 
-    from segnet.bench import _build_segnet, default_config
+    from segnet.bench import build_segnet, default_config
     from segnet.models.layers import FusedBatchNormalization
 
     cfg = default_config().replace(TINY_OVERRIDES)
@@ -137,9 +137,9 @@ def test_lever_models_swap_only_what_they_name():
     def bn_types(model):
         return {type(layer) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
 
-    c128, m128, _ = _build_segnet("keras_bn_resize128", cfg)
-    c112, m112, _ = _build_segnet("keras_bn_pad112", cfg)
-    cdef, mdef, _ = _build_segnet("transposed", cfg)
+    c128, m128, _ = build_segnet("keras_bn_resize128", cfg)
+    c112, m112, _ = build_segnet("keras_bn_pad112", cfg)
+    cdef, mdef, _ = build_segnet("transposed", cfg)
     assert (c128.data.size, c128.data.resize_mode, c112.data.size, c112.data.resize_mode) == (128, "resize", 112, "pad")
     assert bn_types(m128) == bn_types(m112) == {keras.layers.BatchNormalization}
     assert bn_types(mdef) == {FusedBatchNormalization}

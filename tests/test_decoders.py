@@ -1,8 +1,16 @@
 """Every registered decoder: builds at odd and even sizes, trains (gradients), saves and reloads;
-the custom operators do exactly what they claim; the registry validates names and options."""
+the custom operators do exactly what they claim; the registry validates names and options, finds a new
+decoder file on its own, and its overlap numbers agree with the layers."""
 
 from __future__ import annotations
 
+import itertools
+import pkgutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
 from types import SimpleNamespace as NS
 
 import keras
@@ -10,12 +18,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import segnet.models.decoders as decoders_pkg
+from segnet import evaluate, paths
+from segnet.config import ModelConfig
 from segnet.errors import ConfigError
 from segnet.models import DECODERS, build_model, resolve_decoder
 from segnet.models import layers as L  # noqa: N812
 
-NAMES = sorted(DECODERS)
-EXPECTED = {"transposed", "upsampling", "maxunpool", "bed_of_nails", "pixel_shuffle", "bilinear_additive"}
+from .procs import run, segnet_env, tiny_overrides
+
+NAMES = list(DECODERS)
+
+
+def _option_sets(spec):
+    """Every combination of a decoder's option choices (the default for options without choices)."""
+    keys = list(spec.options)
+    values = [spec.options[k].choices or (spec.options[k].default,) for k in keys]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+CASES = [(name, opts) for name in NAMES for opts in _option_sets(DECODERS[name])]
 
 
 def _cfg(decoder, size=64, depth=4, filters=4, options=None, residual=False):
@@ -30,8 +52,11 @@ def _images(n, size, seed=0):
     return np.random.default_rng(seed).random((n, size, size, 1), dtype=np.float32)
 
 
-def test_registry_holds_every_decoder():
-    assert set(DECODERS) == EXPECTED
+def test_registry_holds_every_decoder_module_in_listing_order():
+    modules = {m.name for m in pkgutil.iter_modules(decoders_pkg.__path__) if not m.name.startswith("_")}
+    assert {DECODERS.modules[name].rsplit(".", 1)[-1] for name in DECODERS} == modules
+    assert NAMES == sorted(NAMES, key=lambda n: (DECODERS[n].order, n))
+    assert NAMES[0] == ModelConfig.decoder  # the default decoder lists first (the ablation's reference)
     for name, spec in DECODERS.items():
         assert spec.name == name
         assert spec.description and "\n" not in spec.description
@@ -39,7 +64,27 @@ def test_registry_holds_every_decoder():
             assert opt.choices is not None or opt.type is not None, key
             assert resolve_decoder(name, {key: opt.default})[1][key] == opt.default
     assert DECODERS["maxunpool"].needs_indices and not DECODERS["maxunpool"].supports_jit
-    assert not any(DECODERS[n].needs_indices for n in EXPECTED - {"maxunpool"})
+
+
+def test_variant_labels_are_the_ones_runs_and_ablations_use():
+    from segnet.config import load_config
+
+    labels = {
+        (): "transposed_k3",
+        ("decoder.kernel_size=4",): "transposed_k4",
+        ("model.decoder=upsampling", "decoder.interpolation=bilinear"): "upsampling_bilinear",
+        ("model.decoder=upsampling",): "upsampling_nearest",
+        ("model.decoder=pixel_shuffle",): "pixel_shuffle_icnr",
+        ("model.decoder=pixel_shuffle", "decoder.icnr=false"): "pixel_shuffle_noicnr",
+        ("model.decoder=bilinear_additive", "decoder.groups=8"): "bilinear_additive_g8",
+        ("model.decoder=maxunpool",): "maxunpool",
+        ("model.decoder=bed_of_nails",): "bed_of_nails",
+    }
+    for overrides, label in labels.items():
+        assert load_config(None, list(overrides)).variant() == label
+    for name, opts in CASES:  # every registered variant has a label of its own
+        assert DECODERS[name].label(opts).startswith(name)
+    assert len({DECODERS[n].label(o) for n, o in CASES}) == len(CASES)
 
 
 # ----------------------------------------------------------------------------- every decoder
@@ -203,7 +248,7 @@ def test_unknown_decoder_lists_the_valid_names():
     with pytest.raises(ConfigError) as err:
         resolve_decoder("deconv", {})
     assert "deconv" in str(err.value)
-    for name in EXPECTED:
+    for name in DECODERS:
         assert name in str(err.value)
     with pytest.raises(ConfigError):
         build_model(_cfg("deconv"))
@@ -229,3 +274,119 @@ def test_foreign_option_names_what_the_decoder_takes():
 def test_bad_value_names_the_key_and_the_allowed_values(name, key, value, allowed):
     with pytest.raises(ConfigError, match=rf"decoder\.{key} must be one of {allowed}"):
         resolve_decoder(name, {key: value})
+
+
+# ----------------------------------------------------------------------------- overlap: one definition
+
+
+def _ones_response(name, options):
+    """The ``decoder1_up`` layer with every kernel weight 1 and every bias 0, fed a constant map of ones:
+    each output pixel then holds (channels x) the number of kernel taps that reach it."""
+    model = build_model(_cfg(name, size=32, depth=1, filters=8, options=options))
+    up = model.get_layer("decoder1_up")
+    for w in up.weights:
+        w.assign(np.zeros(w.shape) if "bias" in w.path else np.ones(w.shape))
+    inputs = up.input if isinstance(up.input, list) else [up.input]
+    ones = tf.ones((1, 16, 16, inputs[0].shape[-1]))
+    if DECODERS[name].needs_indices:  # a constant map: the argmax is the top-left of each cell
+        out = up([ones, L.MaxPoolWithArgmax()(tf.ones((1, 32, 32, inputs[1].shape[-1])))[1]])
+    else:
+        out = up(ones)
+    return np.asarray(out)[0, 12:20, 12:20, 0]  # interior, 4 whole 2x2 periods
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in CASES])
+def test_overlap_printed_logged_and_layer_agree(name, options):
+    """``segnet shapes`` prints, training logs and the layer itself show the same overlap unevenness."""
+    spec = DECODERS[name]
+    taps = spec.taps(options)
+    assert taps.shape == (2, 2) and taps.max() > 0
+    logged = evaluate.overlap_unevenness(spec, options)
+    assert logged == spec.unevenness(options) == pytest.approx((taps.max() - taps.min()) / taps.max())
+    printed = spec.overlap(options)
+    assert f"unevenness (max-min)/max = {logged:.2f}" in printed
+    assert all(" ".join(f"{v:2d}" for v in row) in printed for row in taps)
+    # The layer: tap counts per phase of the 2x2 period (up to a constant factor: the channels).
+    response = _ones_response(name, options)
+    period = response[:2, :2]
+    np.testing.assert_allclose(np.tile(period, (4, 4)), response, atol=1e-4)
+    np.testing.assert_allclose(np.sort(period.ravel()) / period.max(), np.sort(taps.ravel()) / taps.max(), atol=1e-5)
+
+
+def test_the_known_overlap_values():
+    values = {n: DECODERS[n].unevenness(DECODERS[n].defaults()) for n in NAMES}
+    assert values["transposed"] == 0.75 and values["bed_of_nails"] == 0.75 and values["maxunpool"] == 1.0
+    assert DECODERS["transposed"].unevenness({"kernel_size": 4}) == 0.0
+    assert values["upsampling"] == values["pixel_shuffle"] == values["bilinear_additive"] == 0.0
+
+
+# ----------------------------------------------------------------------------- a new decoder = one file
+
+_NEW_DECODER = """
+    \"\"\"A decoder written by a test: nearest resize then conv 3x3, in a file of its own.\"\"\"
+
+    from segnet.models.decoders import DecoderSpec, Option, even_taps
+
+
+    def make_block(interpolation="nearest"):
+        from segnet.models.blocks import decoder_block
+        from segnet.models.layers import ResizeConv2D
+
+        return decoder_block(lambda *, filters, skip_channels, name: ResizeConv2D(filters, 3, name=name,
+                                                                                  interpolation=interpolation))
+
+
+    SPEC = DecoderSpec(
+        name="{name}", description="test decoder: resize then conv 3x3", needs_indices=False, supports_jit=True,
+        options={{"interpolation": Option("nearest", choices=("nearest", "bilinear"), label="")}},
+        make_block=make_block, overlap_taps=even_taps(9), overlap_note=lambda options: "resize, then conv 3x3",
+    )
+"""
+
+_CHECK = """
+import sys
+from pathlib import Path
+
+from segnet.ablate import plan
+from segnet.config import load_config
+from segnet.errors import ConfigError
+from segnet.models.decoders import DECODERS
+
+name, ablation = sys.argv[1], Path(sys.argv[2])
+assert list(DECODERS)[-1] == name, list(DECODERS)  # order 100: after the built-in ones
+cfg = load_config(None, [f"model.decoder={name}", "decoder.interpolation=bilinear"])
+assert cfg.variant() == f"{name}_bilinear", cfg.variant()
+try:
+    load_config(None, [f"model.decoder={name}", "decoder.interpolation=bicubic"])
+    raise SystemExit("bad option accepted")
+except ConfigError as e:
+    assert "nearest, bilinear" in str(e), e
+p = plan(ablation)
+assert [c.cfg.model.decoder for c in p.children] == ["transposed", name], p.children
+print("checked", name)
+"""
+
+
+def test_a_decoder_file_is_picked_up_without_touching_another_file(tiny_synth, tmp_path):
+    """Write a decoder module into the package, then: config validation, variant label, an ablation plan,
+    ``segnet shapes`` and a one-epoch ``segnet train`` all know it. The file is removed afterwards."""
+    name = f"zz_test_{uuid.uuid4().hex[:8]}"
+    path = Path(decoders_pkg.__file__).parent / f"{name}.py"
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text(f"variants:\n  ref: {{model.decoder: transposed}}\n  new: {{model.decoder: {name}}}\n")
+    try:
+        path.write_text(textwrap.dedent(_NEW_DECODER.format(name=name)))
+        env = segnet_env(tmp_path)
+        checked = subprocess.run([sys.executable, "-c", _CHECK, name, str(ablation)], capture_output=True,
+                                 text=True, env=env, cwd=paths.ROOT, timeout=300)
+        assert checked.returncode == 0 and f"checked {name}" in checked.stdout, checked.stderr[-3000:]
+        shapes = run(["shapes", f"model.decoder={name}", "model.depth=3", "model.filters=4"], tmp_path, env=env)
+        assert shapes.returncode == 0, shapes.stderr[-3000:]
+        assert f"unet_{name}" in shapes.stdout and "unevenness (max-min)/max = 0.00" in shapes.stdout
+        trained = run(["train", *tiny_overrides(tiny_synth, epochs=1), f"model.decoder={name}"], tmp_path, env=env)
+        assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
+        assert "run_id:" in trained.stdout + trained.stderr
+    finally:
+        path.unlink(missing_ok=True)
+        for cached in (path.parent / "__pycache__").glob(f"{name}.*"):
+            cached.unlink(missing_ok=True)

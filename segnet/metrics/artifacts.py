@@ -1,16 +1,18 @@
-"""Checkerboard-artifact metrics: the decoder's fingerprint (DESIGN.md, Metrics).
+"""Checkerboard-artifact metrics: the decoder's fingerprint (docs/architecture.md, Metrics).
 
 * :func:`artifact_periodic_energy` — share of a logit map's non-DC spectral energy on the
   stride-2/stride-4 lattice {0, N/4, N/2, 3N/4}² (minus DC). A (-1)^(x+y) checkerboard scores 1, a
   smooth blob ≈ 0. :func:`artifact_periodic_energy_gt` is the same on the truth (2·mask − 1), and
   :func:`artifact_excess` their ratio.
-* :func:`artifact_overlap_unevenness` — analytic, from a transposed convolution's kernel size and
-  stride: (max − min)/max of the number of kernel taps reaching each output pixel of one period (2-D).
+* :func:`overlap_unevenness` — analytic, the logged ``artifact_overlap_unevenness`` of a decoder
+  (defined there, once: (max − min)/max of the kernel taps reaching each output pixel of one 2x2
+  period of the decoder's upsampling layer); :func:`artifact_overlap_unevenness` is the same for a
+  transposed convolution given its kernel size and stride.
 * :func:`artifact_const_response` — feed a constant map to every decoder block's upsampling operator
   (the layer named ``decoder{stage}_up``); per channel std/mean|·| of the interior; mean over
   channels, max over stages. 0 means checkerboard-free by construction (Sugawara et al. 2019).
 
-Conventions chosen here (where DESIGN.md leaves room):
+Conventions chosen here (docs/architecture.md, Metrics, leaves them to this module):
 
 * Maps whose side is not divisible by 4 are centre-cropped (per axis) to the largest multiple of 4
   (101 → 100, offset 0: rows/cols 0..99). Non-square maps are allowed; the lattice is taken per axis.
@@ -33,6 +35,7 @@ __all__ = [
     "artifact_periodic_energy_gt",
     "artifact_excess",
     "overlap_counts",
+    "overlap_unevenness",
     "artifact_overlap_unevenness",
     "artifact_const_response",
     "const_response_maps",
@@ -122,10 +125,38 @@ def overlap_counts(kernel_size, stride) -> np.ndarray:
     return np.outer(one(kh, sh), one(kw, sw))
 
 
+def overlap_unevenness(taps) -> float:
+    """The overlap unevenness of an upsampling operator: ``(max − min) / max`` of ``taps``.
+
+    This is THE definition of the logged ``artifact_overlap_unevenness`` (and of what ``segnet shapes``
+    prints); every decoder's number comes from here, through its ``DecoderSpec.overlap_taps``:
+
+    * **What is measured: the upsampling operator alone** — the one layer ``decoder{stage}_up`` as a
+      whole, i.e. the zero insertion / unpooling / resize *together with the convolution that layer
+      holds* (the same layer :func:`artifact_const_response` probes), but not the two merge convs after
+      the skip concatenation, which treat every pixel alike.
+    * ``taps[i, j]``: the number of kernel taps that carry an input value to the output pixel at phase
+      ``(i, j)`` of one 2x2 period, away from the borders, for a constant input (the non-zero positions
+      of a constant map for unpooling, whose positions are data-dependent). Only counts, not weights:
+      the 4 independent sub-kernels of a sub-pixel conv without ICNR are even by this measure
+      (``artifact_const_response`` sees their differences).
+    * 0: every output pixel gets the same number of taps; 1: some output pixel gets none.
+
+    Per decoder (``segnet shapes`` prints each grid): transposed k=3 ``[[4, 2], [2, 1]]`` → 0.75; k=4 all 4
+    → 0; bed_of_nails (zero insertion + conv 3x3 = transposed k=3) ``[[1, 2], [2, 4]]`` → 0.75; maxunpool
+    (conv 1x1 + unpooling: a kernel-1 stride-2 scatter) ``[[1, 0], [0, 0]]`` → 1; upsampling, pixel_shuffle,
+    bilinear_additive (a 3x3 conv at every output pixel) all 9 → 0.
+    """
+    t = np.asarray(taps, dtype=np.float64)
+    if t.size == 0 or t.max() <= 0:
+        raise ValueError(f"taps must hold a positive count; got {t.tolist()}")
+    return float((t.max() - t.min()) / t.max())
+
+
 def artifact_overlap_unevenness(kernel_size, stride) -> float:
-    """(max − min)/max of :func:`overlap_counts` (k=3,s=2 → 0.75; k=4,s=2 → 0; k=1,s=2 → 1)."""
-    c = overlap_counts(kernel_size, stride)
-    return float((c.max() - c.min()) / c.max())
+    """:func:`overlap_unevenness` of a transposed conv's :func:`overlap_counts` (k=3,s=2 → 0.75; k=4,s=2 → 0;
+    k=1,s=2 → 1)."""
+    return overlap_unevenness(overlap_counts(kernel_size, stride))
 
 
 # ----------------------------------------------------------------------------- constant response

@@ -12,29 +12,35 @@ import keras
 
 from segnet.models.layers import FusedBatchNormalization
 
+BatchNorm = type[keras.layers.Layer]
+"""A batch-norm layer class: called as ``batch_norm(name=...)``; ``None`` means :class:`FusedBatchNormalization`."""
 
-def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3):
-    """Conv (no bias: BN follows) → BatchNorm → ReLU."""
+
+def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, *, batch_norm: BatchNorm | None = None):
+    """Conv (no bias: BN follows) → BatchNorm (``batch_norm``, default the fused layer) → ReLU."""
+    bn = batch_norm or FusedBatchNormalization
     x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = FusedBatchNormalization(name=f"{name}_bn")(x)
+    x = bn(name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def conv_block(x, filters: int, name: str, residual: bool = False):
+def conv_block(x, filters: int, name: str, residual: bool = False, *, batch_norm: BatchNorm | None = None):
     """Two conv-BN-ReLU (U-Net); ``residual``: ``relu(shortcut + BN(conv(conv-BN-ReLU(x))))`` with a 1x1
-    projection shortcut when the channels change (He et al. 2016). The last layer is ``{name}_out``."""
+    projection shortcut when the channels change (He et al. 2016). The last layer is ``{name}_out``.
+    ``batch_norm``: the batch-norm layer class (default :class:`FusedBatchNormalization`)."""
+    bn = batch_norm or FusedBatchNormalization
     if not residual:
-        x = conv_bn_relu(x, filters, f"{name}_1")
+        x = conv_bn_relu(x, filters, f"{name}_1", batch_norm=bn)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(x)
-        x = FusedBatchNormalization(name=f"{name}_2_bn")(x)
+        x = bn(name=f"{name}_2_bn")(x)
         return keras.layers.Activation("relu", name=f"{name}_out")(x)
     shortcut = x
     if x.shape[-1] != filters:
         shortcut = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = FusedBatchNormalization(name=f"{name}_proj_bn")(shortcut)
-    y = conv_bn_relu(x, filters, f"{name}_1")
+        shortcut = bn(name=f"{name}_proj_bn")(shortcut)
+    y = conv_bn_relu(x, filters, f"{name}_1", batch_norm=bn)
     y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
-    y = FusedBatchNormalization(name=f"{name}_2_bn")(y)
+    y = bn(name=f"{name}_2_bn")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -59,11 +65,11 @@ def match_spatial(x, like, name: str):
     return x
 
 
-def merge_skip(up, skip, *, filters: int, stage: int, residual: bool = False):
+def merge_skip(up, skip, *, filters: int, stage: int, residual: bool = False, batch_norm: BatchNorm | None = None):
     """U-Net merge: fit ``up`` to the skip, concatenate ``[up, skip]``, two conv-BN-ReLU → ``decoder{stage}_out``."""
     up = match_spatial(up, skip, name=f"decoder{stage}")
     x = keras.layers.Concatenate(name=f"decoder{stage}_concat")([up, skip])
-    return conv_block(x, filters, name=f"decoder{stage}", residual=residual)
+    return conv_block(x, filters, name=f"decoder{stage}", residual=residual, batch_norm=batch_norm)
 
 
 UpFactory = Callable[..., keras.layers.Layer]
@@ -76,7 +82,7 @@ def decoder_block(make_up: UpFactory, needs_indices: bool = False) -> Callable:
     (named ``decoder{stage}_up``); the block calls it on ``x`` (or ``[x, indices]``) and merges the skip.
     """
 
-    def block(x, skip, *, filters: int, stage: int, indices=None, residual: bool = False):
+    def block(x, skip, *, filters: int, stage: int, indices=None, residual: bool = False, batch_norm=None):
         up = make_up(filters=filters, skip_channels=int(skip.shape[-1]), name=f"decoder{stage}_up")
         if needs_indices:
             if indices is None:
@@ -84,6 +90,6 @@ def decoder_block(make_up: UpFactory, needs_indices: bool = False) -> Callable:
             y = up([x, indices])
         else:
             y = up(x)
-        return merge_skip(y, skip, filters=filters, stage=stage, residual=residual)
+        return merge_skip(y, skip, filters=filters, stage=stage, residual=residual, batch_norm=batch_norm)
 
     return block

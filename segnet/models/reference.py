@@ -36,6 +36,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from segnet.metrics.artifacts import overlap_counts
+from segnet.metrics.artifacts import overlap_unevenness as unevenness
+
 __all__ = [
     "PADDINGS",
     "conv_output_length",
@@ -332,19 +335,14 @@ def overlap_pattern(k: IntOrPair, s: IntOrPair) -> np.ndarray:
     Phase 0 is the canvas origin (``'valid'`` output; ``'same'`` shifts it by the crop offset).
     k=3, s=2 → [[4, 2], [2, 1]]; k=4, s=2 → all 4.
     """
-    (kh, kw), (sh, sw) = _pair(k), _pair(s)
-    if min(kh, kw, sh, sw) < 1:
-        raise ValueError(f"kernel size and stride must be >= 1; got k={k}, s={s}")
-
-    def one(kk: int, ss: int) -> np.ndarray:
-        r = np.arange(ss)
-        return np.where(r < kk, -(-(kk - r) // ss), 0)
-
-    return np.outer(one(kh, sh), one(kw, sw)).astype(int)
+    try:
+        return overlap_counts(k, s).astype(int)
+    except ValueError:
+        raise ValueError(f"kernel size and stride must be >= 1; got k={k}, s={s}") from None
 
 
 def overlap_unevenness(k: IntOrPair, s: IntOrPair) -> float:
     """``(max - min) / max`` of :func:`overlap_pattern`: 0 means every output pixel gets the same number of
-    taps (no built-in checkerboard); k=3, s=2 → 0.75; k=4, s=2 → 0; k=1, s=2 → 1 (bed of nails)."""
-    p = overlap_pattern(k, s)
-    return float((p.max() - p.min()) / p.max())
+    taps (no built-in checkerboard); k=3, s=2 → 0.75; k=4, s=2 → 0; k=1, s=2 → 1 (zero insertion or unpooling alone).
+    The definition is :func:`segnet.metrics.artifacts.overlap_unevenness`."""
+    return unevenness(overlap_pattern(k, s))

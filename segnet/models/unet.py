@@ -1,54 +1,53 @@
-"""The U-Net: encoder, one registered decoder, and a float32 logit head.
+"""The U-Net: one registered encoder, one registered decoder, and a float32 logit head.
 
-Encoder contract (DESIGN.md): :func:`encoder` returns the bottleneck, the skips ordered from highest
-to lowest resolution, and — when the decoder ``needs_indices`` — the argmax of each pooling (else
-``None`` per level). Level ``i`` (0-based) has ``filters * 2**i`` channels; the bottleneck has
-``filters * 2**depth``. Pooling is 2x2 'SAME', so odd sizes work: 101 → 51 → 26 → 13 → 7, and each
-decoder block crops back to its skip's shape.
+Encoder contract: :mod:`segnet.models.encoders` (the bottleneck, the skips ordered from highest to
+lowest resolution, and — when the decoder ``needs_indices`` — the argmax of each pooling, else ``None``
+per level). The default ``unet`` encoder: level ``i`` (0-based) has ``filters * 2**i`` channels, the
+bottleneck ``filters * 2**depth``; pooling is 2x2 'SAME', so odd sizes work: 101 → 51 → 26 → 13 → 7,
+and each decoder block crops back to its skip's shape.
 
 Decoder stage ``s`` (1..depth, from the bottleneck upward) merges skip ``depth - s`` with
-``filters * 2**(depth - s)`` filters; its upsampling operator is the layer ``decoder{s}_up``.
+``filters * 2**(depth - s)`` filters; its upsampling operator is the layer ``decoder{s}_up``
+(contract: :mod:`segnet.models.decoders`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
 
 from segnet.errors import ConfigError
-from segnet.models.blocks import conv_block
-from segnet.models.decoders import resolve_decoder
-from segnet.models.layers import MaxPoolWithArgmax
+from segnet.models.decoders import DecoderSpec, resolve_decoder
+from segnet.models.encoders import EncoderOutput, EncoderSpec, check_pairing, resolve_encoder
+from segnet.models.encoders import unet as _unet_encoder
+
+DEFAULT_ENCODER = "unet"
 
 
-def encoder(x, *, depth: int, filters: int, residual: bool = False, dropout: float = 0.0, with_indices: bool = False):
-    """``(bottleneck, skips, indices)``: skips highest resolution first; indices per level or ``None``s.
+@dataclass(frozen=True)
+class UNet:
+    """A built model with what it was built from: the specs, the decoder options, the encoder's output."""
 
-    Dropout (when > 0) follows every pooling but the first, and the bottleneck block.
-    """
-    skips, indices = [], []
-    for level in range(depth):
-        x = conv_block(x, filters * 2**level, name=f"encoder{level + 1}", residual=residual)
-        skips.append(x)
-        if with_indices:
-            x, idx = MaxPoolWithArgmax(name=f"encoder{level + 1}_pool")(x)
-        else:
-            x, idx = keras.layers.MaxPooling2D(2, padding="same", name=f"encoder{level + 1}_pool")(x), None
-        indices.append(idx)
-        if dropout > 0 and level > 0:
-            x = keras.layers.Dropout(dropout, name=f"encoder{level + 1}_dropout")(x)
-    x = conv_block(x, filters * 2**depth, name="bottleneck", residual=residual)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    return x, skips, indices
+    model: keras.Model
+    encoder: EncoderSpec
+    decoder: DecoderSpec
+    options: dict[str, Any]
+    features: EncoderOutput
 
 
-def build_model(cfg) -> keras.Model:
-    """A U-Net ``unet_<decoder>`` for ``cfg``: input (size, size, 1) float32 → logits (size, size, 1) float32.
+def encoder(x, *, depth: int, filters: int, residual: bool = False, dropout: float = 0.0, with_indices: bool = False,
+            batch_norm=None) -> tuple:
+    """The ``unet`` encoder as a function: ``(bottleneck, skips, indices)``, skips highest resolution
+    first, indices per level or ``None``s. Dropout (when > 0) follows every pooling but the first, and the
+    bottleneck block."""
+    return tuple(_unet_encoder.build(x, depth=depth, filters=filters, residual=residual, dropout=dropout,
+                                     with_indices=with_indices, batch_norm=batch_norm))
 
-    Reads ``cfg.data.size``, ``cfg.model.{decoder, depth, filters, residual, dropout}`` and ``cfg.decoder``
-    (decoder options; ``None`` = default). Any object with those attributes works (e.g. SimpleNamespace).
-    """
+
+def _checked(cfg) -> tuple[int, int, int, bool, float]:
     size = int(cfg.data.size)
     m = cfg.model
     depth, filters = int(m.depth), int(m.filters)
@@ -61,19 +60,46 @@ def build_model(cfg) -> keras.Model:
         raise ConfigError(f"model.dropout must be in [0, 1); got {dropout}")
     if size < 2**depth:
         raise ConfigError(f"data.size ({size}) must be >= 2**model.depth ({2**depth})")
-    spec, options = resolve_decoder(m.decoder, dict(getattr(cfg, "decoder", None) or {}))
+    return size, depth, filters, residual, dropout
+
+
+def assemble(cfg, *, batch_norm=None) -> UNet:
+    """:func:`build_model` with its parts: the specs, the resolved decoder options, the encoder's output
+    (``segnet shapes`` reads the encoder's stages from it)."""
+    size, depth, filters, residual, dropout = _checked(cfg)
+    spec, options = resolve_decoder(cfg.model.decoder, dict(getattr(cfg, "decoder", None) or {}))
+    enc = resolve_encoder(getattr(cfg.model, "encoder", None) or DEFAULT_ENCODER)
+    check_pairing(enc, spec)
     block = spec.make_block(**options)
 
     inputs = keras.Input((size, size, 1), dtype="float32", name="image")
-    x, skips, indices = encoder(
-        inputs, depth=depth, filters=filters, residual=residual, dropout=dropout, with_indices=spec.needs_indices
-    )
+    features = enc.build(inputs, depth=depth, filters=filters, residual=residual, dropout=dropout,
+                         with_indices=spec.needs_indices, batch_norm=batch_norm)
+    if len(features.skips) != depth or len(features.indices) != depth:
+        raise ValueError(f"encoder {enc.name!r} returned {len(features.skips)} skips for depth {depth}")
+    x = features.bottleneck
     for stage in range(1, depth + 1):
         level = depth - stage
-        x = block(x, skips[level], filters=filters * 2**level, stage=stage, indices=indices[level], residual=residual)
+        x = block(x, features.skips[level], filters=filters * 2**level, stage=stage, indices=features.indices[level],
+                  residual=residual, batch_norm=batch_norm)
     # The head stays float32 under mixed precision: logits feed the loss and the metrics.
     logits = keras.layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, logits, name=f"unet_{spec.name}")
+    model = keras.Model(inputs, logits, name=f"{enc.name}_{spec.name}")
+    return UNet(model=model, encoder=enc, decoder=spec, options=options, features=features)
+
+
+def build_model(cfg, *, batch_norm=None) -> keras.Model:
+    """A U-Net ``<encoder>_<decoder>`` (``unet_transposed``) for ``cfg``: input (size, size, 1) float32 →
+    logits (size, size, 1) float32.
+
+    Reads ``cfg.data.size``, ``cfg.model.{encoder, decoder, depth, filters, residual, dropout}`` and
+    ``cfg.decoder`` (decoder options; ``None`` = default). Any object with those attributes works (e.g.
+    SimpleNamespace; no ``model.encoder``: ``unet``).
+    ``batch_norm``: the batch-norm layer class of every conv block, called as ``batch_norm(name=...)``
+    (default ``None`` = :class:`~segnet.models.layers.FusedBatchNormalization`; e.g.
+    ``keras.layers.BatchNormalization`` for the benchmark's lever). Same layer names either way.
+    """
+    return assemble(cfg, batch_norm=batch_norm).model
 
 
 def count_params(model: keras.Model) -> int:

@@ -1,17 +1,37 @@
-"""The decoder registry: one name → one :class:`DecoderSpec`; every decoder file registers itself.
+"""The decoder registry: one name → one :class:`DecoderSpec`; one file in this package = one decoder.
+
+**Adding a decoder** = one new module here (plus its README row). The module defines ``SPEC =
+DecoderSpec(...)``; :class:`~segnet.models.registry.Registry` finds it with :mod:`pkgutil` when this
+package is imported, so the CLI, config validation, ``segnet shapes``, training, the logged metrics,
+variant labels, ablations and the tests that iterate :data:`DECODERS` all see it. The module must not
+import TensorFlow at import time (config validation imports the registry): import it inside
+``make_block``. Listing order: ``order`` (the built-ins use 10..60; default 100), then name.
 
 A decoder is a way to upsample by 2 in a U-Net decoder block. ``spec.make_block(**options)`` returns
 a block with one signature for all decoders (so the model builder does not care which it gets)::
 
-    block(x, skip, *, filters, stage, indices=None, residual=False) -> tensor
+    block(x, skip, *, filters, stage, indices=None, residual=False, batch_norm=None) -> tensor
 
 It upsamples ``x`` by 2 with **one** Keras layer named ``f"decoder{stage}_up"`` (called ``up(x)``, or
 ``up([x, indices])`` when ``spec.needs_indices``), crops/pads the result to the skip's spatial shape,
-concatenates the skip and applies two conv-BN-ReLU (``filters`` each; residual when asked).
+concatenates the skip and applies two conv-BN-ReLU (``filters`` each; residual when asked; BN of class
+``batch_norm``). :func:`segnet.models.blocks.decoder_block` does all of that from a factory of the
+``decoder{stage}_up`` layer.
 
 Stages are numbered ``1..depth`` from the bottleneck upward: stage 1 upsamples the bottleneck and
 merges the deepest skip; stage ``depth`` returns to full resolution. ``indices`` is the argmax of the
-encoder pooling at the same level (see :mod:`segnet.models.layers` for the index convention).
+encoder pooling at the same level (see :mod:`segnet.models.layers` for the index convention); a decoder
+that ``needs_indices`` only works with an encoder that ``provides_indices`` (checked at config time).
+
+Overlap: ``spec.overlap_taps(options)`` is the 2x2 grid of kernel taps reaching each output pixel of
+the ``decoder{stage}_up`` layer; :func:`segnet.metrics.artifacts.overlap_unevenness` defines the metric
+from it. ``spec.unevenness(options)`` is what training logs as ``artifact_overlap_unevenness`` and
+``spec.overlap(options)`` what ``segnet shapes`` prints: both from that one grid.
+
+Variant labels (``Config.variant()``, MLflow run names, ablations): the decoder name, then each option
+in name order as ``<label><value>`` (``Option.label``, default the option's name; ``""``: the value
+alone), booleans as ``<label>`` / ``no<label>``: ``transposed_k3``, ``upsampling_bilinear``,
+``pixel_shuffle_icnr``, ``bilinear_additive_g4``.
 
 Options: ``resolve_decoder(name, options)`` validates a config's ``decoder`` section. A value of
 ``None`` means "the decoder's default"; any other value must be an option the decoder takes, with an
@@ -32,69 +52,22 @@ bilinear_additive  bilinear resize, sum of ``groups`` consecutive          group
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from segnet.errors import ConfigError
+from segnet.models.decoders._base import DecoderSpec, Option, even_taps, transposed_taps
+from segnet.models.registry import Registry
 
-__all__ = ["DECODERS", "DecoderSpec", "Option", "register", "resolve_decoder", "option_names"]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One decoder option: a default and either the allowed ``choices`` or a ``type``."""
-
-    default: Any
-    choices: tuple | None = None
-    type: type | None = None
-    help: str = ""
-
-    def allowed(self) -> str:
-        if self.choices is not None:
-            return ", ".join(_show(c) for c in self.choices)
-        return f"any {self.type.__name__}" if self.type is not None else "any value"
-
-    def check(self, decoder: str, key: str, value: Any) -> Any:
-        """The value, coerced from a string where unambiguous (``"4"`` → 4, ``"false"`` → False); else ConfigError."""
-        value = _coerce(value, self)
-        if self.choices is not None:  # 1 == True in Python: compare types too
-            ok = any(value == c and type(value) is type(c) for c in self.choices)
-        else:
-            ok = self.type is None or (isinstance(value, self.type) and not (self.type is int and isinstance(value, bool)))
-        if not ok:
-            raise ConfigError(
-                f"decoder.{key} must be one of {self.allowed()} for decoder '{decoder}'; got {_show(value)}"
-            )
-        return value
+__all__ = ["DECODERS", "DecoderSpec", "Option", "register", "resolve_decoder", "option_names", "even_taps",
+           "transposed_taps"]
 
 
-@dataclass(frozen=True)
-class DecoderSpec:
-    """A registered decoder. ``make_block(**options)`` → ``block(x, skip, *, filters, stage, indices=None)``."""
-
-    name: str
-    description: str
-    needs_indices: bool
-    supports_jit: bool
-    options: dict[str, Option]
-    make_block: Callable[..., Callable]
-    overlap: Callable[[dict], str] = field(default=lambda options: "", repr=False)
-    """Text for ``segnet shapes``: what the operator does to a constant map (the overlap pattern)."""
-
-    def defaults(self) -> dict[str, Any]:
-        return {k: o.default for k, o in self.options.items()}
-
-
-DECODERS: dict[str, DecoderSpec] = {}
+DECODERS: Registry = Registry("decoder", "model.decoder")
 
 
 def register(spec: DecoderSpec) -> DecoderSpec:
-    if spec.name in DECODERS:
-        raise ValueError(f"decoder {spec.name!r} registered twice")
-    DECODERS[spec.name] = spec
-    return spec
+    """Register a decoder defined outside this package (files here are discovered, not registered by hand)."""
+    return DECODERS.register(spec)
 
 
 def option_names() -> list[str]:
@@ -109,9 +82,7 @@ def resolve_decoder(name: str, options: dict | None = None) -> tuple[DecoderSpec
     Raises ConfigError for an unknown name (listing the valid ones), an option the decoder does not
     take, or a value it does not allow (naming ``decoder.<key>`` and the allowed values).
     """
-    if name not in DECODERS:
-        raise ConfigError(f"model.decoder: unknown decoder {name!r}; valid: {', '.join(sorted(DECODERS))}")
-    spec = DECODERS[name]
+    spec = DECODERS.lookup(name)
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
     foreign = sorted(k for k in given if k not in spec.options)
     if foreign:
@@ -123,22 +94,5 @@ def resolve_decoder(name: str, options: dict | None = None) -> tuple[DecoderSpec
     return spec, resolved
 
 
-def _show(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
-
-
-def _coerce(value: Any, option: Option) -> Any:
-    if not isinstance(value, str):
-        return value
-    kinds = {type(c) for c in option.choices} if option.choices is not None else {option.type}
-    low = value.strip().lower()
-    if bool in kinds and low in ("true", "false"):
-        return low == "true"
-    if int in kinds and low.lstrip("-").isdigit():
-        return int(low)
-    return value
-
-
-# Each module registers its decoder on import; this order is the order of every listing.
-for _module in ("transposed", "upsampling", "maxunpool", "bed_of_nails", "pixel_shuffle", "bilinear_additive"):
-    importlib.import_module(f"{__name__}.{_module}")
+# Every module of this package defines SPEC; listing order: spec.order, then name.
+DECODERS.discover(__name__)

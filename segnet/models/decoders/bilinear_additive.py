@@ -8,7 +8,7 @@ resize-convolution.
 
 from __future__ import annotations
 
-from segnet.models.decoders import DecoderSpec, Option, register
+from segnet.models.decoders._base import DecoderSpec, Option, even_taps
 
 
 def make_block(groups: int = 4):
@@ -21,21 +21,19 @@ def make_block(groups: int = 4):
     return decoder_block(make_up)
 
 
-def overlap(options: dict) -> str:
-    return (
-        f"bilinear resize x2, sum of {options['groups']} consecutive channels, conv 3x3: every output pixel "
-        "gets the same taps (uneven 0); a constant map stays constant"
-    )
-
-
-SPEC = register(
-    DecoderSpec(
-        name="bilinear_additive",
-        description="bilinear resize, sum of `groups` consecutive channels (C -> C/groups), then conv 3x3",
-        needs_indices=False,
-        supports_jit=True,
-        options={"groups": Option(4, choices=(1, 2, 4, 8), help="channels summed per group (channel reduction)")},
-        make_block=make_block,
-        overlap=overlap,
-    )
+SPEC = DecoderSpec(
+    name="bilinear_additive",
+    description="bilinear resize, sum of `groups` consecutive channels (C -> C/groups), then conv 3x3",
+    needs_indices=False,
+    supports_jit=True,
+    options={
+        "groups": Option(4, choices=(1, 2, 4, 8), help="channels summed per group (channel reduction)", label="g")
+    },
+    make_block=make_block,
+    overlap_taps=even_taps(9),
+    overlap_note=lambda options: (
+        f"bilinear resize x2, sum of {options['groups']} consecutive channels, conv 3x3: the same 9 taps at "
+        "every output pixel; a constant map stays constant"
+    ),
+    order=60,
 )

@@ -10,7 +10,7 @@ convs after the concatenation fill in. ``tf.nn.max_pool_with_argmax`` has no XLA
 
 from __future__ import annotations
 
-from segnet.models.decoders import DecoderSpec, register
+from segnet.models.decoders._base import DecoderSpec, transposed_taps
 
 
 def make_block():
@@ -23,21 +23,17 @@ def make_block():
     return decoder_block(make_up, needs_indices=True)
 
 
-def overlap(options: dict) -> str:
-    return (
+SPEC = DecoderSpec(
+    name="maxunpool",
+    description="SegNet max-unpooling at the encoder's argmax positions (1x1 conv to the skip's channels first)",
+    needs_indices=True,
+    supports_jit=False,
+    options={},
+    make_block=make_block,
+    overlap_taps=lambda options: transposed_taps(1),  # a kernel-1, stride-2 scatter: [[1, 0], [0, 0]]
+    overlap_note=lambda options: (
         "conv 1x1 to the skip's channels, then max-unpooling: 1 of 4 positions non-zero in each 2x2 cell, "
         "at the encoder's argmax (data-dependent; top-left for a constant map)"
-    )
-
-
-SPEC = register(
-    DecoderSpec(
-        name="maxunpool",
-        description="SegNet max-unpooling at the encoder's argmax positions (1x1 conv to the skip's channels first)",
-        needs_indices=True,
-        supports_jit=False,
-        options={},
-        make_block=make_block,
-        overlap=overlap,
-    )
+    ),
+    order=30,
 )

@@ -7,7 +7,7 @@ With kernel 3 and stride 2 the stamps of neighbouring input pixels overlap uneve
 
 from __future__ import annotations
 
-from segnet.models.decoders import DecoderSpec, Option, register
+from segnet.models.decoders._base import DecoderSpec, Option, transposed_taps
 
 
 def make_block(kernel_size: int = 3):
@@ -21,26 +21,16 @@ def make_block(kernel_size: int = 3):
     return decoder_block(make_up)
 
 
-def overlap(options: dict) -> str:
-    from segnet.models.reference import overlap_pattern, overlap_unevenness
-
-    k = options["kernel_size"]
-    grid = overlap_pattern(k, 2)
-    rows = "\n".join("    " + " ".join(f"{v:2d}" for v in row) for row in grid)
-    return (
-        f"transposed conv k={k}, s=2: kernel taps reaching each output pixel over one 2x2 period:\n{rows}\n"
-        f"  unevenness (max-min)/max = {overlap_unevenness(k, 2):.2f}"
-    )
-
-
-SPEC = register(
-    DecoderSpec(
-        name="transposed",
-        description="Conv2DTranspose stride 2 ('same'); kernel 3 overlaps unevenly, kernel 4 evenly",
-        needs_indices=False,
-        supports_jit=True,
-        options={"kernel_size": Option(3, choices=(3, 4), help="3: classic, uneven overlap; 4: even overlap")},
-        make_block=make_block,
-        overlap=overlap,
-    )
+SPEC = DecoderSpec(
+    name="transposed",
+    description="Conv2DTranspose stride 2 ('same'); kernel 3 overlaps unevenly, kernel 4 evenly",
+    needs_indices=False,
+    supports_jit=True,
+    options={
+        "kernel_size": Option(3, choices=(3, 4), help="3: classic, uneven overlap; 4: even overlap", label="k")
+    },
+    make_block=make_block,
+    overlap_taps=lambda options: transposed_taps(options["kernel_size"]),
+    overlap_note=lambda options: f"transposed conv k={options['kernel_size']}, s=2",
+    order=10,
 )

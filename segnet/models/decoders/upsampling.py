@@ -7,7 +7,7 @@ the resize and the conv.
 
 from __future__ import annotations
 
-from segnet.models.decoders import DecoderSpec, Option, register
+from segnet.models.decoders._base import DecoderSpec, Option, even_taps
 
 
 def make_block(interpolation: str = "nearest"):
@@ -20,21 +20,17 @@ def make_block(interpolation: str = "nearest"):
     return decoder_block(make_up)
 
 
-def overlap(options: dict) -> str:
-    return (
-        f"{options['interpolation']} resize x2, then conv 3x3: every output pixel gets the same number of "
-        "taps (uneven 0); a constant map stays constant"
-    )
-
-
-SPEC = register(
-    DecoderSpec(
-        name="upsampling",
-        description="UpSampling2D (nearest|bilinear) then conv 3x3: resize-convolution",
-        needs_indices=False,
-        supports_jit=True,
-        options={"interpolation": Option("nearest", choices=("nearest", "bilinear"), help="resize method")},
-        make_block=make_block,
-        overlap=overlap,
-    )
+SPEC = DecoderSpec(
+    name="upsampling",
+    description="UpSampling2D (nearest|bilinear) then conv 3x3: resize-convolution",
+    needs_indices=False,
+    supports_jit=True,
+    options={"interpolation": Option("nearest", choices=("nearest", "bilinear"), help="resize method", label="")},
+    make_block=make_block,
+    overlap_taps=even_taps(9),
+    overlap_note=lambda options: (
+        f"{options['interpolation']} resize x2, then conv 3x3: the same 9 taps at every output pixel; "
+        "a constant map stays constant"
+    ),
+    order=20,
 )
