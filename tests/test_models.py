@@ -126,13 +126,18 @@ def _bn_pair(channels=6, **kwargs):
 
 def test_fused_batch_norm_matches_keras_in_inference_and_training():
     ref, fused = _bn_pair(momentum=0.9)
+    mean0, var0 = np.asarray(fused.moving_mean).copy(), np.asarray(fused.moving_variance).copy()
     x = (np.random.default_rng(2).standard_normal((3, 5, 7, 6)) * 2 + 1).astype("float32")
     np.testing.assert_allclose(fused(x, training=False), ref(x, training=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fused.moving_mean), mean0)  # inference leaves the statistics
     np.testing.assert_allclose(fused(x, training=True), ref(x, training=True), rtol=1e-4, atol=1e-4)
-    for a, b in zip(fused.weights, ref.weights, strict=True):  # moving mean/variance updated the same way
+    # The statistics moved from their initial values, by momentum towards the batch's (biased) moments...
+    assert not np.allclose(np.asarray(fused.moving_mean), mean0)  # it did move
+    np.testing.assert_allclose(fused.moving_mean, 0.9 * mean0 + 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance, 0.9 * var0 + 0.1 * x.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused.weights, ref.weights, strict=True):  # ...exactly as Keras' own layer moved them
         assert a.path.split("/")[-1] == b.path.split("/")[-1]
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(np.asarray(fused.moving_mean), ref.get_weights()[2] * 0 + 1)  # it did move
     ref2, fused2 = _bn_pair(channels=4, center=False, scale=False)
     y = np.random.default_rng(3).standard_normal((2, 3, 3, 4)).astype("float32")
     np.testing.assert_allclose(fused2(y, training=True), ref2(y, training=True), rtol=1e-4, atol=1e-4)
