@@ -66,13 +66,17 @@ def test_split_partitions_and_caches(masks_ids, tmp_path):
     assert load_or_make_folds(ids, masks, 4, 0, tmp_path).loc[0, "fold"] == df.loc[0, "fold"]
 
 
-def test_split_with_data_and_cfg(masks_ids):
+def test_split_has_one_call_style(masks_ids):
+    """(ids, masks) and keyword-only fold arguments: no positional or (data, cfg) form to mix up."""
     masks, ids = masks_ids
-    data = types.SimpleNamespace(ids=ids, masks=masks)
-    cfg = types.SimpleNamespace(data=types.SimpleNamespace(n_folds=5, fold=2, fold_seed=0))
-    tr, va = split(data, cfg)
+    tr, va = split(ids, masks, n_folds=5, fold=2)
     tr2, va2 = split(ids, masks, n_folds=5, fold=2, seed=0)
     assert np.array_equal(tr, tr2) and np.array_equal(va, va2)
+    with pytest.raises(TypeError):
+        split(ids, masks, 5, 2)
+    data = types.SimpleNamespace(ids=ids, masks=masks)
+    with pytest.raises(TypeError):
+        split(data, types.SimpleNamespace(data=types.SimpleNamespace(n_folds=5, fold=2, fold_seed=0)))
     with pytest.raises(ConfigError, match="data.fold"):
         split(ids, masks, n_folds=5, fold=5)
 

@@ -1,18 +1,13 @@
 """Data: the Kaggle TGS layout (real or synthetic), RLE, folds and the tf.data pipeline.
 
-Public API: ``load_dataset(cfg)`` -> (images, masks, ids); see ``pipeline``, ``tgs``, ``folds``, ``rle``,
-``synthetic``. TensorFlow and albumentations are imported only when a pipeline is built.
+Public API: ``load_dataset(cfg)`` -> :class:`LoadedData` (``.images``, ``.masks``, ``.ids``, ``.dir``, ...);
+see ``discovery`` (which dataset, reading it), ``pipeline`` (network size, ``tf.data``), ``tgs``, ``folds``,
+``rle``, ``synthetic``. TensorFlow and albumentations are imported only when a pipeline is built.
 """
 
+from segnet.data.discovery import LoadedData, load_dataset, resolve_data_dir
 from segnet.data.folds import make_folds, split
-from segnet.data.pipeline import (
-    LoadedData,
-    from_network,
-    load_dataset,
-    make_dataset,
-    resolve_data_dir,
-    to_network,
-)
+from segnet.data.pipeline import from_network, make_dataset, to_network
 from segnet.data.rle import rle_decode, rle_encode
 from segnet.data.tgs import (
     DatasetSummary,

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from segnet import paths
+from segnet.atomic import remove, temp_path
 from segnet.data import synthetic
 from segnet.data.tgs import install_dir, synthetic_params, validate
 from segnet.errors import DataError
@@ -85,8 +86,7 @@ def _unzip_all(folder: Path) -> None:
 
 
 def _download_kaggle(cmd: list[str], out: Path) -> Path:
-    tmp = out.parent / f".{out.name}.download-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out, "download")
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
@@ -105,7 +105,7 @@ def _download_kaggle(cmd: list[str], out: Path) -> Path:
         install_dir(tmp, out)
         return out
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
 
 
 def _synth_defaults() -> tuple[int, int]:
@@ -125,9 +125,9 @@ def cmd_get() -> int:
     if (tgs / "train.csv").is_file():
         print(f"data: real TGS data already in {tgs}")
         return cmd_check(tgs)
-    env = os.environ.get("TGS_DATA")
-    if env and (Path(env) / "train.csv").is_file():
-        print(f"data: TGS_DATA={env} is used for the real data")
+    env = paths.tgs_data_env()  # set but without train.csv: download into data/tgs as if unset
+    if env is not None:
+        print(f"data: TGS_DATA={os.environ['TGS_DATA']} is used for the real data")
         return cmd_check(env)
     creds, cmd = _kaggle_credentials(), _kaggle_command()
     if creds and cmd:

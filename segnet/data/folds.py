@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from segnet import paths
+from segnet.atomic import atomic_write
 from segnet.errors import ConfigError
 
 COLUMNS = ["id", "coverage", "coverage_class", "fold"]
@@ -91,14 +91,11 @@ def load_or_make_folds(
         except (OSError, ValueError, KeyError, pd.errors.ParserError):
             pass  # unreadable or stale: rebuild below
     df = make_folds(ids, masks, n_folds=n_folds, seed=seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    # A read-only checkout or a full disk still trains (no half-written file either): the folds are
+    # recomputed identically next time.
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(tmp, index=False, float_format="%.6f")
-        os.replace(tmp, path)
-    except OSError:  # a read-only checkout still trains; the folds are recomputed identically next time
-        with contextlib.suppress(OSError):
-            tmp.unlink()  # a full disk: no half-written temporary file either
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6f"))
     return df
 
 
@@ -112,27 +109,20 @@ def split_indices(folds: pd.DataFrame, fold: int) -> tuple[np.ndarray, np.ndarra
 
 
 def split(
-    ids,
-    masks=None,
-    n_folds: int = 5,
-    fold: int = 0,
+    ids: Sequence[str],
+    masks: np.ndarray,
+    *,
+    n_folds: int,
+    fold: int,
     seed: int = 0,
     folds_dir: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, val_idx) for fold ``fold`` of ``n_folds`` (cached, reproducible). Two call styles:
+    """(train_idx, val_idx) into ``ids``/``masks``: fold ``fold`` of ``n_folds`` (cached, reproducible).
 
-    * ``split(ids, masks, n_folds=5, fold=0, seed=0)``: indices into ``ids``/``masks``;
-    * ``split(data, cfg)``: ``data`` has ``.ids`` and ``.masks`` (what ``load_dataset`` returns), and
-      ``cfg.data.n_folds``, ``cfg.data.fold``, ``cfg.data.fold_seed`` (0 when absent) choose the fold.
-
-    The fold seed is deliberately not ``train.seed``: runs with different training seeds share a split.
+    From a config: ``split(data.ids, data.masks, n_folds=cfg.data.n_folds, fold=cfg.data.fold,
+    seed=cfg.data.fold_seed)``. The fold seed is deliberately not ``train.seed``: runs with different
+    training seeds share a split.
     """
-    if hasattr(masks, "data") and hasattr(ids, "ids"):  # split(data, cfg)
-        d = masks.data
-        ids, masks = ids.ids, ids.masks
-        n_folds, fold, seed = int(d.n_folds), int(d.fold), int(getattr(d, "fold_seed", 0))
-    if masks is None:
-        raise TypeError("split needs (ids, masks, ...) or (data, cfg)")
     if not 0 <= fold < n_folds:
         raise ConfigError(f"data.fold={fold} is outside 0..{n_folds - 1} (data.n_folds={n_folds})")
     return split_indices(load_or_make_folds(ids, masks, n_folds, seed, folds_dir), fold)

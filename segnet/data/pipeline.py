@@ -1,115 +1,23 @@
-"""From a config to arrays and ``tf.data`` batches.
+"""From 101x101 arrays to ``tf.data`` batches (finding and reading the data: ``segnet.data.discovery``).
 
-* ``load_dataset(cfg)`` finds the data (``resolve_data_dir``), reads it once into memory and returns
-  ``(images, masks, ids)`` (also available as attributes, with ``dir``, ``kind``, ``fingerprint``, ``reason``).
 * ``to_network`` / ``from_network`` map 101x101 arrays to the network size and back (``pad``: reflect-pad,
   exact inverse by cropping; ``resize``: bilinear for images, nearest for masks).
 * ``make_dataset`` builds the training (augmented, shuffled) or validation (plain, ordered) dataset.
 
 Throughput: augmentation runs in one ``tf.numpy_function`` call per *batch* (albumentations per image
 inside it, seeded per batch), in parallel map calls, so Python overhead is paid once per batch. TensorFlow
-and albumentations are imported lazily: reading data does not pay for them.
+and albumentations are imported lazily: mapping arrays does not pay for them.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from segnet import paths
-from segnet.data.tgs import IMG_SIZE, dataset_kind, fingerprint, read_dataset, synthetic_params
+from segnet.data.tgs import IMG_SIZE
 from segnet.errors import ConfigError, DataError
-
-# --------------------------------------------------------------------------------------------------
-# Finding and loading the data
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_data_dir(
-    cfg_dir: str | Path | None,
-    synth_n: int = 1200,
-    synth_seed: int = 0,
-    generate: bool = True,
-) -> tuple[Path, str]:
-    """Which dataset to use, and why: an explicit dir, else $TGS_DATA, else data/tgs, else data/synthetic.
-
-    data/synthetic is generated (``synth_n`` images, ``synth_seed``) when absent or made with other
-    parameters.
-    """
-    if cfg_dir not in (None, ""):
-        root = Path(cfg_dir).expanduser()
-        if not (root / "train.csv").is_file():
-            what = "not found" if not root.exists() else "has no train.csv (not a Kaggle-layout dataset)"
-            raise DataError(f"data.dir={cfg_dir}: {what}")
-        return root, "data.dir is set"
-    env = os.environ.get("TGS_DATA")
-    if env:
-        root = Path(env).expanduser()
-        if not (root / "train.csv").is_file():
-            raise DataError(f"TGS_DATA={env}: no train.csv there (not a Kaggle-layout dataset)")
-        return root, "$TGS_DATA is set"
-    if (paths.TGS_DIR / "train.csv").is_file():
-        return paths.TGS_DIR, f"real data found in {paths.TGS_DIR}"
-    root = paths.SYNTHETIC_DIR
-    why = f"no data.dir, no $TGS_DATA, no {paths.TGS_DIR / 'train.csv'}: synthetic data"
-    have = synthetic_params(root) if (root / "train.csv").is_file() else None
-    if have is not None and have.get("n") == int(synth_n) and have.get("seed") == int(synth_seed):
-        return root, f"{why} (n={synth_n}, seed={synth_seed})"
-    if not generate:
-        raise DataError(f"{root}: no synthetic dataset with n={synth_n}, seed={synth_seed}; run `make data`")
-    from segnet.data.synthetic import generate as synth
-
-    action = "regenerated" if have is not None else "generated"
-    print(f"data: generating {synth_n} synthetic images (seed {synth_seed}) in {root}", flush=True)
-    synth(root, n=int(synth_n), seed=int(synth_seed))
-    return root, f"{why}, {action} (n={synth_n}, seed={synth_seed})"
-
-
-class LoadedData(tuple):
-    """``(images, masks, ids)`` that also carries where the data came from.
-
-    Unpacks as a 3-tuple; attributes: images, masks, ids, dir, kind ('tgs'|'synthetic'), fingerprint, reason.
-    """
-
-    def __new__(cls, images, masks, ids, *, dir: Path, kind: str, fingerprint: str, reason: str):  # noqa: A002
-        self = super().__new__(cls, (images, masks, ids))
-        self.dir = Path(dir)
-        self.kind = kind
-        self.fingerprint = fingerprint
-        self.reason = reason
-        return self
-
-    @property
-    def images(self) -> np.ndarray:
-        return self[0]
-
-    @property
-    def masks(self) -> np.ndarray:
-        return self[1]
-
-    @property
-    def ids(self) -> list[str]:
-        return self[2]
-
-    def __repr__(self) -> str:
-        return (f"LoadedData({len(self.ids)} images from {self.dir}, kind={self.kind}, "
-                f"fingerprint={self.fingerprint})")
-
-
-def load_dataset(cfg, progress: bool | None = None) -> LoadedData:
-    """The public entry point: images (N,101,101,1) f32 [0,1], masks (N,101,101,1) f32 {0,1}, ids."""
-    d = cfg.data
-    root, reason = resolve_data_dir(d.dir, synth_n=d.synth_n, synth_seed=d.synth_seed)
-    limit = int(d.limit or 0)
-    images, masks, ids = read_dataset(root, limit=limit, progress=progress)
-    fp = fingerprint(root)
-    if limit and len(ids) == limit:
-        fp = f"{fp}-limit{limit}"  # a subset is other data: folds and evaluation must not mix them up
-    return LoadedData(images, masks, ids, dir=root, kind=dataset_kind(root), fingerprint=fp, reason=reason)
-
 
 # --------------------------------------------------------------------------------------------------
 # Network size <-> 101x101
@@ -321,16 +229,27 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, cfg, training: bool, bat
     return ds.prefetch(autotune)
 
 
-def pipeline_throughput(images: np.ndarray, masks: np.ndarray, cfg, epochs: int = 3) -> float:
-    """Images per second of the training pipeline alone (no model), after one warm-up epoch."""
+def pipeline_throughput(images: np.ndarray, masks: np.ndarray, cfg, epochs: int = 3,
+                        batches: int | None = None) -> float:
+    """Images per second of the training pipeline alone (no model), consumed the way training does.
+
+    Epoch 0 is iterated once untimed (graph tracing, thread pools); then epochs 1, 2, ... are each built
+    with ``make_dataset(..., epoch=k)``, as training builds them (building included in the time), and
+    iterated: ``epochs`` whole epochs, or, with ``batches``, that many batches (the benchmark's sample
+    per round; as many epochs as needed).
+    """
     import time
 
-    ds = make_dataset(images, masks, cfg, training=True)
-    for _ in ds:  # warm-up: graph tracing, thread pools
+    for _ in make_dataset(images, masks, cfg, training=True, epoch=0):
         pass
+    count = n_batches = 0
+    epoch = 1
     t0 = time.perf_counter()
-    count = 0
-    for _ in range(epochs):
-        for x, _y in ds:
+    while (n_batches < batches) if batches is not None else (epoch <= epochs):
+        for x, _y in make_dataset(images, masks, cfg, training=True, epoch=epoch):
             count += int(x.shape[0])
+            n_batches += 1
+            if batches is not None and n_batches >= batches:
+                break
+        epoch += 1
     return count / (time.perf_counter() - t0)

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import shutil
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from segnet.atomic import remove, temp_path
 from segnet.data.rle import rle_decode, rle_encode
 from segnet.errors import DataError
 
@@ -514,15 +514,13 @@ class DatasetWriter:
 
     def __init__(self, out: str | Path, marker: dict | None = None):
         self.out = Path(os.path.abspath(out))  # "." and "x/.." have a parent and a name too
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}"
+        self.tmp = temp_path(self.out)
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            if self.tmp.exists():
-                shutil.rmtree(self.tmp)
             (self.tmp / "train/images").mkdir(parents=True)
             (self.tmp / "train/masks").mkdir(parents=True)
         except OSError as e:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove(self.tmp)
             file = next((p for p in self.out.parents if p.exists() and not p.is_dir()), None)
             why = f"{file} is a file, not a folder" if file is not None else _os_reason(e)
             raise DataError(f"{self.out}: cannot create the dataset folder ({why})") from None
@@ -561,7 +559,7 @@ class DatasetWriter:
         return self.out
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove(self.tmp)
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -574,25 +572,27 @@ class DatasetWriter:
 
 
 def install_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place, replacing an existing dataset folder at ``out``.
+    """Move a finished folder (written at ``segnet.atomic.temp_path(out)``) into place, replacing an
+    existing dataset folder at ``out``.
 
-    On any failure ``tmp`` is removed and a DataError names ``out``.
+    A rename cannot replace a non-empty folder (what ``segnet.atomic.atomic_path`` does for files), so an
+    old dataset is first renamed aside, then removed. Anything else at ``out`` is refused. On any failure
+    ``tmp`` is removed and a DataError names ``out``.
     """
     try:
         if out.exists() or out.is_symlink():
             if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
                 out.rmdir()
             elif out.is_dir() and ((out / "train.csv").exists() or (out / SYNTHETIC_MARKER).exists()):
-                trash = out.parent / f".{out.name}.old-{os.getpid()}"
-                shutil.rmtree(trash, ignore_errors=True)
+                trash = temp_path(out, "old")
                 os.replace(out, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                remove(trash)
             else:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove(tmp)
                 raise DataError(f"{out}: exists and is not a dataset folder; refusing to overwrite it")
         os.replace(tmp, out)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         # Another process installed the same folder in the meantime: keep theirs.
         if not (out / "train.csv").exists():
             raise DataError(f"{out}: cannot install the dataset folder ({_os_reason(e)})") from None
