@@ -15,6 +15,9 @@ CONFIG ?=
 ARGS ?=
 RESUME ?=
 RUN ?=
+MODEL ?=
+NAME ?= segnet-tgs
+ALIAS ?= champion
 IMAGES ?= data/synthetic/test/images
 OUT ?= submission.csv
 SEEDS ?=
@@ -30,8 +33,10 @@ VERBOSE ?=
 OVR := $(if $(DECODER),model.decoder=$(DECODER)) $(if $(EPOCHS),train.epochs=$(EPOCHS)) \
        $(if $(DATA),data.dir=$(DATA)) $(if $(RESUME),train.resume=true) $(ARGS)
 CFG := $(if $(CONFIG),--config $(CONFIG))
+# Which model evaluate and predict use: a run (RUN=) or a registered version (MODEL=models:/<name>@<alias>).
+WHICH := $(if $(RUN),--run-id $(RUN)) $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help install data test test-all lint train shapes evaluate predict ablate bench ui clean
+.PHONY: help install data test test-all lint train shapes evaluate predict register ablate bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -62,11 +67,14 @@ train: $(STAMP) ## train one model: DECODER= EPOCHS= DATA= CONFIG= RESUME=1 ARGS
 shapes: $(STAMP) ## print per-stage shapes and the decoder's overlap pattern: DECODER= ARGS=
 	$(PY) -m segnet shapes $(CFG) $(OVR)
 
-evaluate: $(STAMP) ## recompute every metric of a run's best model: RUN=<run id> DATA= ARGS=
-	$(PY) -m segnet evaluate --run-id $(RUN) $(OVR)
+evaluate: $(STAMP) ## recompute every metric of a run's best model: RUN=<run id> (or MODEL=models:/<name>@<alias>) DATA= ARGS=
+	$(PY) -m segnet evaluate $(WHICH) $(OVR)
 
-predict: $(STAMP) ## write a Kaggle submission: RUN=<run id> IMAGES=<dir> OUT=submission.csv TTA=1
-	$(PY) -m segnet predict --run-id $(RUN) --images $(IMAGES) --out $(OUT) $(if $(TTA),--tta)
+predict: $(STAMP) ## write a Kaggle submission: RUN=<run id> (or MODEL=models:/<name>@<alias>) IMAGES=<dir> OUT=submission.csv TTA=1
+	$(PY) -m segnet predict $(WHICH) --images $(IMAGES) --out $(OUT) $(if $(TTA),--tta)
+
+register: $(STAMP) ## register a run's logged model in the MLflow model registry: RUN=<run id> NAME=segnet-tgs ALIAS=champion
+	$(PY) -m segnet register --run-id $(RUN) --name $(NAME) --alias '$(ALIAS)'
 
 ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS=
 	$(PY) -m segnet ablate $(CFG) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \

@@ -101,6 +101,9 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
     from segnet import tracking
 
     p = plan(config_file, overrides, seeds)
+    register = p.children[0].cfg.tracking.register
+    if register and not p.children[0].cfg.tracking.log_model:
+        raise ConfigError(f"tracking.register={register} needs tracking.log_model=true (nothing to register)")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.children[0].cfg)
@@ -121,7 +124,7 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
                 raise SegnetError(f"{len(failures)} ablation children failed: " + "; ".join(failures))
             summary, per_image = summarize(uri, p, parent.run_id)
             wall = time.perf_counter() - t0
-            _log_summary(parent, summary, per_image, wall)
+            _log_summary(parent, summary, per_image, wall, register=register)
     finally:
         lock.release()
     print(summary_markdown(summary), flush=True)
@@ -402,7 +405,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: float) -> None:
+def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: float,
+                 register: str | None = None) -> None:
     from segnet import plots
 
     parent.log_dataframe(summary, "summary.csv")
@@ -416,3 +420,20 @@ def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: flo
                         "best_tgs_map_tuned_mean": float(best.tgs_map_tuned_mean),
                         "n_children": len(runs_df)})
     parent.set_tags({"segnet.best_variant": best.variant})
+    if register:
+        _register_best(parent, best, runs_df, register)
+
+
+def _register_best(parent, best: pd.Series, runs_df: pd.DataFrame, name: str):
+    """The best variant's best seed's run (by its final tgs score) as a version of ``name`` with alias
+    champion, tagged with the ablation and the variant's mean scores; the parent is tagged with it."""
+    from segnet import runs, tracking
+
+    sub = runs_df[runs_df.variant == best.variant]
+    run_id = str(sub.loc[sub.tgs_map_tuned.idxmax(), "run_id"])
+    tags = {"segnet.ablation_id": parent.run_id, "segnet.ablation_variants": int(len(set(runs_df.variant))),
+            "segnet.ablation_tgs_map_tuned_mean": f"{best.tgs_map_tuned_mean:.4f}",
+            "segnet.ablation_tgs_map_mean": f"{best.tgs_map_mean:.4f}"}
+    mv = runs.register(run_id, name, tracking.DEFAULT_ALIAS, extra_tags=tags, uri=parent.uri)
+    parent.set_tags({"segnet.registered_model": f"{name}/{mv.version}", "segnet.registered_run_id": run_id})
+    return mv

@@ -5,8 +5,9 @@
     python -m segnet data get
     python -m segnet shapes [--config FILE] [key=value ...]
     python -m segnet train [--config FILE] [key=value ...]
-    python -m segnet evaluate --run-id ID [key=value ...]
-    python -m segnet predict --run-id ID --images DIR --out submission.csv [--tta]
+    python -m segnet evaluate (--run-id ID | --model models:/NAME@ALIAS) [key=value ...]
+    python -m segnet predict (--run-id ID | --model models:/NAME@ALIAS) --images DIR --out submission.csv [--tta]
+    python -m segnet register --run-id ID [--name segnet-tgs] [--alias champion]
     python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [key=value ...]
     python -m segnet bench [--quick] [--levers] [--out FILE]
     python -m segnet ui [--host H] [--port P]
@@ -52,10 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra MLflow tag on the run (repeatable)")
     ev = sub.add_parser("evaluate", help="recompute every metric of a run's best model on a dataset")
-    ev.add_argument("--run-id", required=True)
+    _run_or_model(ev)
     ev.add_argument("overrides", nargs="*", help="e.g. data.dir=../shared/datasets/tgs-salt")
     pr = sub.add_parser("predict", help="Kaggle submission from a run's model")
-    pr.add_argument("--run-id", required=True)
+    _run_or_model(pr)
     pr.add_argument("--images", required=True, help="folder of 101x101 PNG images")
     pr.add_argument("--out", default="submission.csv")
     pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
     ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    rg = sub.add_parser("register", help="register a run's logged model in the MLflow model registry")
+    rg.add_argument("--run-id", required=True)
+    rg.add_argument("--name", default="segnet-tgs", help="registered model name (default segnet-tgs)")
+    rg.add_argument("--alias", default="champion", help="alias set on the new version (default champion; "
+                    "'' for none)")
     co = sub.add_parser("compare", help="paired bootstrap of finished runs' final scores against a reference run")
     co.add_argument("ref", help="run id of the reference")
     co.add_argument("runs", nargs="+", help="run ids to compare with it (same data and fold)")
@@ -81,7 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_or_model(sp) -> None:
+    """``--run-id`` or ``--model``: exactly one of the two (checked in ``segnet.runs.resolve_run_id``)."""
+    sp.add_argument("--run-id", default=None, help="the training run whose model to use")
+    sp.add_argument("--model", default=None, metavar="URI",
+                    help="a registered model instead: models:/<name>@<alias> or models:/<name>/<version>")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from segnet import tfnoise
+
+    tfnoise.install()  # TensorFlow's start-up lines off stderr (unless TF_CPP_MIN_LOG_LEVEL is set)
     args = _parser().parse_args(argv)
     _follow_parent()
     with contextlib.suppress(ValueError):  # SIGTERM cleans up like Ctrl-C (main thread only)
@@ -162,13 +178,20 @@ def _dispatch(args) -> int | None:
         return 0
     if cmd == "evaluate":
         from segnet.evaluate import evaluate_run
+        from segnet.runs import resolve_run_id
 
-        evaluate_run(args.run_id, args.overrides)
+        evaluate_run(resolve_run_id(args.run_id, args.model, args.overrides), args.overrides)
         return 0
     if cmd == "predict":
         from segnet.predict import predict_run
+        from segnet.runs import resolve_run_id
 
-        predict_run(args.run_id, args.images, args.out, tta=args.tta)
+        predict_run(resolve_run_id(args.run_id, args.model), args.images, args.out, tta=args.tta)
+        return 0
+    if cmd == "register":
+        from segnet.runs import register
+
+        register(args.run_id, args.name, args.alias or None)
         return 0
     if cmd == "ablate":
         from segnet.ablate import ablate

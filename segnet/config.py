@@ -22,6 +22,7 @@ import yaml
 
 from segnet import paths
 from segnet.errors import ConfigError
+from segnet.losses import LOSSES
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    encoder: str = "unet"
     decoder: str = "transposed"
     depth: int = 4
     filters: int = 16
@@ -68,6 +70,7 @@ class TrainConfig:
     schedule: str = "cosine"
     min_lr: float = 1e-5
     loss: str = "bce_dice"
+    finetune_loss: str = "lovasz_hinge"
     lovasz_epochs: int = 0
     early_stopping: int = 10
     seed: int = 42
@@ -91,6 +94,8 @@ class TrackingConfig:
     run_name: str | None = None
     variant: str | None = None
     log_model: bool = True
+    register: str | None = None
+    system_metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,12 @@ class Config:
     def hash(self) -> str:
         """Short hash of the resolved config, minus the keys that do not change the result."""
         d = self.flat()
-        for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model"):
+        for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model", "tracking.register",
+                  "tracking.system_metrics"):
             d.pop(k, None)
+        for k, default in _ADDED_KEYS.items():  # at their default, newer keys keep older configs' hashes
+            if d.get(k) == default:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def variant(self) -> str:
@@ -125,15 +134,8 @@ class Config:
             return self.tracking.variant
         from segnet.models.decoders import resolve_decoder
 
-        _, opts = resolve_decoder(self.model.decoder, self.decoder)
-        short = {"kernel_size": "k", "interpolation": "", "icnr": "icnr", "groups": "g"}
-        parts = [self.model.decoder]
-        for k, v in sorted(opts.items()):
-            if isinstance(v, bool):
-                parts.append(short.get(k, k) if v else f"no{short.get(k, k)}")
-            else:
-                parts.append(f"{short.get(k, k)}{v}")
-        return "_".join(parts)
+        spec, opts = resolve_decoder(self.model.decoder, self.decoder)
+        return spec.label(opts)  # abbreviations live on the decoder's options (Option.label)
 
     def replace(self, overrides: list[str] | tuple[str, ...]) -> Config:
         """A new validated config with ``key=value`` overrides applied."""
@@ -144,10 +146,13 @@ class Config:
 _CHOICES = {
     "data.resize_mode": ("pad", "resize"),
     "train.schedule": ("cosine", "plateau", "constant"),
-    "train.loss": ("bce", "dice", "bce_dice", "lovasz_hinge"),
+    "train.loss": LOSSES,  # the loss registry itself (segnet.losses, importable without TensorFlow)
+    "train.finetune_loss": LOSSES,
     "train.strategy": ("auto", "one_device", "mirrored"),
     "train.precision": ("float32", "mixed_float16"),
 }
+# Keys added after configs were first hashed -> their default, left out of Config.hash() at that value.
+_ADDED_KEYS = {"model.encoder": "unet", "train.finetune_loss": "lovasz_hinge"}
 _RANGES = {
     "data.size": (32, 1024),
     "data.n_folds": (2, 100),
@@ -317,14 +322,18 @@ def _from_dict(d: dict) -> Config:
         )
     if cfg.data.fold >= cfg.data.n_folds:
         raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
-    if cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs and cfg.train.loss != "lovasz_hinge":
+    if (cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs
+            and cfg.train.loss != cfg.train.finetune_loss):
         raise ConfigError(
             f"config key 'train.lovasz_epochs' ({cfg.train.lovasz_epochs}) must be < train.epochs ({cfg.train.epochs})"
         )
-    # Decoder name and options are checked against the registry (one place knows what each decoder takes).
+    # Encoder, decoder name and options are checked against the registries (one place knows what each
+    # takes), and the pair against each other: a decoder that needs pooling indices needs an encoder with them.
     from segnet.models.decoders import resolve_decoder
+    from segnet.models.encoders import check_pairing, resolve_encoder
 
-    resolve_decoder(cfg.model.decoder, cfg.decoder)
+    spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
+    check_pairing(resolve_encoder(cfg.model.encoder), spec)
     return cfg
 
 

@@ -12,19 +12,9 @@ from segnet.config import Config
 
 
 def overlap_unevenness(spec, options: dict) -> float:
-    """The analytic overlap unevenness of a decoder's upsampling operator.
-
-    Transposed convolution: from its kernel size and stride 2. Zero insertion (bed of nails, max
-    unpooling) is a kernel-1 stride-2 scatter: one tap on one of four positions, unevenness 1.
-    Resize-convolutions and sub-pixel convolution give every output pixel the same number of taps: 0.
-    """
-    from segnet.metrics.artifacts import artifact_overlap_unevenness
-
-    if spec.name == "transposed":
-        return artifact_overlap_unevenness(int(options["kernel_size"]), 2)
-    if spec.name in ("maxunpool", "bed_of_nails"):
-        return artifact_overlap_unevenness(1, 2)
-    return 0.0
+    """The logged ``artifact_overlap_unevenness``: the decoder's own analytic value (``spec.unevenness``,
+    from its tap grid; defined in :func:`segnet.metrics.artifacts.overlap_unevenness`)."""
+    return spec.unevenness(options)
 
 
 def const_response(model, spec, return_maps: bool = False):
@@ -128,7 +118,8 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     data = load_dataset(tr.cfg)
     trained_on = tracking.get_run(tr.uri, run_id).data.tags.get("segnet.data_fingerprint")
     if data.fingerprint == trained_on:
-        _, idx = split(data, tr.cfg)
+        d = tr.cfg.data
+        _, idx = split(data.ids, data.masks, n_folds=d.n_folds, fold=d.fold, seed=d.fold_seed)
         subset = f"validation fold {tr.cfg.data.fold}"
     else:
         idx = np.arange(len(data.ids))
@@ -137,6 +128,7 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     run = tracking.Run(tr.uri, run_id)
     run.set_tags({"segnet.eval_dataset": data.kind, "segnet.eval_data_fingerprint": data.fingerprint,
                   "segnet.eval_data_dir": str(data.dir), "segnet.eval_subset": subset})
+    tracking.log_evaluation_input(run, data, tr.cfg, idx, same_data=data.fingerprint == trained_on)
     metrics = evaluate_and_log(run, tr.model, tr.cfg, tr.spec, data.images[idx], data.masks[idx],
                                [data.ids[i] for i in idx], prefix="eval_", threshold=tr.threshold)
     width = max(len(k) for k in metrics)

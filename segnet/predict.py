@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from segnet import atomic
+from segnet.atomic import atomic_write
 from segnet.errors import SegnetError
 
 
@@ -24,15 +24,9 @@ def _check_writable_out(out: Path) -> None:
     """The submission's folder exists (or can be made) and takes a file."""
     if out.is_dir():
         raise SegnetError(f"--out {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
-    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-    except OSError as e:
-        raise SegnetError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
+    why = atomic.unwritable(out.parent)
+    if why:
+        raise SegnetError(f"--out {out}: cannot write there ({why})")
 
 
 def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool | None = None) -> Path:
@@ -54,12 +48,7 @@ def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool 
     seconds = time.perf_counter() - t0
     df = pd.DataFrame({"id": ids, "rle_mask": [rle_encode(m) for m in masks]})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
     print(f"predict: {len(ids)} images in {seconds:.1f}s ({len(ids) / seconds:.0f} images/s, "
           f"threshold {tr.threshold:.2f}, flip TTA {'on' if tta else 'off'}); "
           f"{int((df.rle_mask != '').sum())} with salt", flush=True)

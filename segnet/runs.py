@@ -41,7 +41,9 @@ def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> Traine
     elif local.exists():
         import keras
 
-        import segnet.models  # noqa: F401  (registers the custom layers)
+        from segnet.models import register_with_keras
+
+        register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
 
         model = keras.models.load_model(local, compile=False)
     else:
@@ -67,3 +69,35 @@ def store_uri(overrides: list[str] | tuple[str, ...] = ()) -> str:
                 value = raw
             uri = None if value is None else str(value)
     return tracking.tracking_uri(SimpleNamespace(tracking=SimpleNamespace(uri=uri)))
+
+
+def resolve_run_id(run_id: str | None, model: str | None, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """``--run-id`` or ``--model models:/<name>@<alias>`` (exactly one): the run whose model to use.
+
+    A registered version stands for its source run: its config, its model, its tuned threshold.
+    """
+    if (run_id is None) == (model is None):
+        raise SegnetError("give exactly one of --run-id ID and --model models:/<name>@<alias>")
+    if run_id is not None:
+        return run_id
+    found = tracking.resolve_model_uri(store_uri(overrides), model)
+    print(f"model: {model} is run {found}", flush=True)
+    return found
+
+
+def register(run_id: str, name: str = tracking.DEFAULT_REGISTERED_MODEL, alias: str | None = tracking.DEFAULT_ALIAS,
+             extra_tags: dict | None = None, uri: str | None = None):
+    """`segnet register`: the run's logged model as a version of ``name`` in the MLflow model registry,
+    tagged with its variant, scores and data fingerprint, ``alias`` pointing at it. Returns the version."""
+    uri = uri or store_uri()
+    info = tracking.get_run(uri, run_id)
+    tags = {**tracking.registry_tags(info), **(extra_tags or {})}
+    scores = ", ".join(f"{k.removeprefix('segnet.')} {tags[k]}" for k in ("segnet.val_tgs_map_tuned",
+                                                                         "segnet.best_val_tgs_map") if k in tags)
+    description = (f"{tags.get('segnet.variant', 'segnet')} from run {run_id} ({info.info.run_name}); {scores}; "
+                   f"data {tags.get('segnet.dataset', '?')} {tags.get('segnet.data_fingerprint', '?')}")
+    mv = tracking.register_model(uri, run_id, name, alias, tags=tags, description=description)
+    where = f"models:/{name}@{alias}" if alias else f"models:/{name}/{mv.version}"
+    print(f"registered: run {run_id} as {name} version {mv.version}"
+          f"{f' (alias {alias})' if alias else ''}; use it with --model {where}", flush=True)
+    return mv

@@ -71,7 +71,9 @@ class SaltSegmenter(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras
 
-        import segnet.models  # noqa: F401  (registers segnet's custom layers with Keras)
+        from segnet.models import register_with_keras
+
+        register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
         from segnet.inference import Predictor
 
         s = self.settings

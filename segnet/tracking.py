@@ -1,7 +1,8 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the one module that talks to the tracking store (``segnet.serving`` imports
+mlflow.pyfunc only for the logged model's class, which must load without the rest of segnet).
 
-Names follow DESIGN.md: params are the flattened resolved config, tags ``segnet.*``, per-epoch metrics
-with ``step=epoch``, final metrics, artifacts (config.yaml, plots/, predictions/, the model).
+Names (docs/architecture.md, "MLflow names"): params are the flattened resolved config, tags ``segnet.*``,
+per-epoch metrics with ``step=epoch``, final metrics, artifacts (config.yaml, plots/, predictions/, the model).
 """
 
 from __future__ import annotations
@@ -332,7 +333,9 @@ def load_logged_model(uri: str, run_id: str):
     import keras
     import yaml
 
-    import segnet.models  # noqa: F401  (registers the custom layers)
+    from segnet.models import register_with_keras
+
+    register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
     from segnet.serving import KERAS_ARTIFACT
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,3 +437,213 @@ def _quiet_model_logging() -> Iterator[None]:
             yield
     finally:
         logger.removeFilter(flt)
+
+
+# -- MLflow-native review: dataset lineage, the model registry, system metrics -------------------------
+DATASET_NAMES = {"tgs": "tgs-salt", "synthetic": "synthetic"}
+DEFAULT_REGISTERED_MODEL = "segnet-tgs"
+DEFAULT_ALIAS = "champion"
+# The columns a segnet dataset has for a run (the images and masks themselves stay in the folder).
+_DATASET_SCHEMA = {"mlflow_colspec": [{"type": "string", "name": "id", "required": True},
+                                      {"type": "double", "name": "coverage", "required": True},
+                                      {"type": "long", "name": "fold", "required": True}]}
+
+
+def dataset_name(kind: str) -> str:
+    """The MLflow dataset name of a folder of this kind: ``tgs-salt`` (the real data) or ``synthetic``."""
+    return DATASET_NAMES.get(kind, kind)
+
+
+def fold_dataset_name(kind: str, fold: int, n_folds: int, fold_seed: int = 0) -> str:
+    """The name of one validation fold of a folder, e.g. ``synthetic/fold-0-of-5``.
+
+    MLflow keeps one input per (name, digest) and run, and one schema and profile per (name, digest)
+    and experiment: the fold is a dataset of its own, with the folder's fingerprint as its digest.
+    """
+    return f"{dataset_name(kind)}/fold-{fold}-of-{n_folds}" + (f"-seed-{fold_seed}" if fold_seed else "")
+
+
+def _dataset_profile(coverage, **extra) -> dict:
+    import numpy as np
+
+    cov = np.asarray(coverage, dtype=np.float64)
+    return {"num_rows": int(len(cov)), "salt_images": int((cov > 0).sum()),
+            "mean_coverage": round(float(cov.mean()) if len(cov) else 0.0, 4), **extra}
+
+
+def log_dataset(run: Run, name: str, digest: str, folder: str | Path, context: str, profile: dict) -> None:
+    """One dataset input of ``run`` (``mlflow.log_input`` through the client): the runs table's Dataset
+    column and the run page's Datasets section show it; ``dataset.name`` / ``dataset.digest`` /
+    ``dataset.context`` filter on it. Logging the same (name, digest) twice for a run keeps the first."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    ds = Dataset(name=name, digest=digest, source_type="local",
+                 source=json.dumps({"uri": str(Path(folder).resolve())}),
+                 schema=json.dumps(_DATASET_SCHEMA), profile=json.dumps(profile))
+    run.client.log_inputs(run.run_id, [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+def log_training_inputs(run: Run, data, cfg, train_idx, val_idx) -> None:
+    """A training run's inputs: the folder (context ``training``: every fold but the validation fold
+    trains) and its validation fold (context ``validation``), both with the data fingerprint as digest.
+    Idempotent: a resumed run logs them again and the store keeps the first."""
+    from segnet.data.folds import coverage_of
+
+    cov = coverage_of(data.masks)
+    d = cfg.data
+    log_dataset(run, dataset_name(data.kind), data.fingerprint, data.dir, "training",
+                _dataset_profile(cov, images=int(len(cov))))
+    log_dataset(run, fold_dataset_name(data.kind, d.fold, d.n_folds, d.fold_seed), data.fingerprint, data.dir,
+                "validation", _dataset_profile(cov[val_idx], fold=int(d.fold), n_folds=int(d.n_folds),
+                                               train_rows=int(len(train_idx))))
+
+
+def log_evaluation_input(run: Run, data, cfg, idx, same_data: bool) -> None:
+    """What ``segnet evaluate`` scored (context ``evaluation``): the run's validation fold on its own
+    data (already the run's ``validation`` input, so the store keeps that one), else the whole folder."""
+    from segnet.data.folds import coverage_of
+
+    cov = coverage_of(data.masks[idx])
+    if same_data:
+        d = cfg.data
+        name = fold_dataset_name(data.kind, d.fold, d.n_folds, d.fold_seed)
+        profile = _dataset_profile(cov, fold=int(d.fold), n_folds=int(d.n_folds))
+    else:
+        name, profile = dataset_name(data.kind), _dataset_profile(cov, images=int(len(cov)))
+    log_dataset(run, name, data.fingerprint, data.dir, "evaluation", profile)
+
+
+@contextlib.contextmanager
+def system_metrics(run: Run, enabled: bool = True, interval: float = 10.0) -> Iterator[None]:
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_*``,
+    and on an NVIDIA GPU ``system/gpu_0_utilization_percentage``, ``system/gpu_0_memory_usage_*``...)
+    sampled every ``interval`` s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins) while the block runs.
+
+    The run is driven through the client, not ``mlflow.start_run``, so the monitor is started here for
+    its id; a resumed run continues its steps. It stops (and flushes) on every way out of the block.
+    """
+    monitor = None
+    if enabled:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run.run_id, sampling_interval=interval, resume_logging=True,
+                                           tracking_uri=run.uri)
+            monitor.start()
+        except Exception as e:  # psutil missing, an odd platform: training goes on without them
+            print(f"note: no system metrics ({_first_line(e)})", flush=True)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()  # wakes the sampling thread, joins it, flushes what it sampled
+
+
+def _model_version_uri(name: str, version) -> str:
+    return f"models:/{name}/{version}"
+
+
+def logged_model_id(uri: str, run_id: str) -> str | None:
+    """The id of the run's logged model ``model`` (MLflow 3 LoggedModel), or None when it logged none."""
+    c = client(uri)
+    info = get_run(uri, run_id)
+    for out in getattr(info.outputs, "model_outputs", None) or []:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            if c.get_logged_model(out.model_id).name == MODEL_NAME:
+                return out.model_id
+    found = c.search_logged_models(experiment_ids=[info.info.experiment_id],
+                                   filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
+                                   max_results=1)
+    return found[0].model_id if found else None
+
+
+def _has_run_model(uri: str, run_id: str) -> bool:
+    with contextlib.suppress(mlflow.exceptions.MlflowException, OSError):
+        return any(Path(a.path).name == "MLmodel" for a in client(uri).list_artifacts(run_id, MODEL_NAME))
+    return False
+
+
+def register_model(uri: str, run_id: str, name: str = DEFAULT_REGISTERED_MODEL, alias: str | None = DEFAULT_ALIAS,
+                   tags: dict[str, Any] | None = None, description: str | None = None):
+    """Register the run's logged model (``runs:/<id>/model``) as a version of ``name`` and point
+    ``alias`` at it. A run already registered under ``name`` keeps its version (tags and alias are
+    updated), so registering twice adds no version. Returns the ModelVersion."""
+    c = client(uri)
+    info = get_run(uri, run_id)
+    model_id = logged_model_id(uri, run_id)
+    if model_id is None and not _has_run_model(uri, run_id):
+        raise SegnetError(f"run '{run_id}' has no logged model (tracking.log_model=false, or it did not "
+                          "finish); nothing to register")
+    try:
+        with contextlib.suppress(mlflow.exceptions.RestException, mlflow.exceptions.MlflowException):
+            c.create_registered_model(name, description="segnet U-Net salt segmentation models (pyfunc: "
+                                      "image (N,101,101,1) float32 -> probability and mask)")
+        existing = list(c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if existing:
+            mv = max(existing, key=lambda v: int(v.version))
+            for k, v in all_tags.items():
+                c.set_model_version_tag(name, mv.version, k, v)
+        else:
+            source = f"models:/{model_id}" if model_id else f"{info.info.artifact_uri.rstrip('/')}/{MODEL_NAME}"
+            mv = c.create_model_version(name, source, run_id=run_id, tags=all_tags, description=description,
+                                        model_id=model_id)
+            if model_id:  # what mlflow.register_model adds: the logged model's page lists its versions
+                _link_logged_model(c, model_id, name, mv.version)
+        if alias:
+            c.set_registered_model_alias(name, alias, mv.version)
+    except mlflow.exceptions.MlflowException as e:
+        raise SegnetError(f"cannot register run '{run_id}' as '{name}': {_first_line(e)}") from None
+    return c.get_model_version(name, mv.version)
+
+
+def _link_logged_model(c: MlflowClient, model_id: str, name: str, version) -> None:
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    with contextlib.suppress(mlflow.exceptions.MlflowException, ValueError):
+        known = json.loads(c.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        c.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+            [*known, {"name": name, "version": version}])})
+
+
+def registry_tags(info) -> dict[str, Any]:
+    """Version tags from a finished training run: what it is, how good, and on which data."""
+    tags, metrics = info.data.tags, info.data.metrics
+    out = {k: tags[k] for k in ("segnet.variant", "segnet.decoder", "segnet.dataset", "segnet.data_fingerprint",
+                                "segnet.config_hash", "segnet.seed", "segnet.ablation_id") if k in tags}
+    for m in ("best_val_tgs_map", "val_tgs_map_tuned", "best_val_iou", "best_threshold"):
+        if m in metrics:
+            out[f"segnet.{m}"] = f"{metrics[m]:.4f}"
+    return out
+
+
+def resolve_model_uri(uri: str, model_uri: str) -> str:
+    """The source run id of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+    import re
+
+    m = re.fullmatch(r"models:/([^@/]+)(?:@([^@/]+)|/(\d+))", model_uri.strip())
+    if not m:
+        raise SegnetError(f"--model '{model_uri}' must look like models:/<name>@<alias> or models:/<name>/<version>")
+    name, alias, version = m.groups()
+    c = client(uri)
+    try:
+        c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise SegnetError(f"no registered model '{name}' in the tracking store {uri} "
+                          "(register one with `segnet register --run-id <id>`)") from None
+    try:
+        mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        known = sorted(c.get_registered_model(name).aliases or {}) if alias else []
+        what = f"alias '{alias}'" if alias else f"version {version}"
+        hint = f" (its aliases: {', '.join(known)})" if alias and known else ""
+        raise SegnetError(f"registered model '{name}' has no {what}{hint}") from None
+    if not mv.run_id:
+        raise SegnetError(f"{model_uri} (version {mv.version}) was not registered from a segnet run")
+    return mv.run_id

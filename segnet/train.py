@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet import locks, paths
+from segnet import atomic, locks, paths
+from segnet.atomic import atomic_write, atomic_write_text
 from segnet.config import Config
 from segnet.errors import SegnetError
 
@@ -93,23 +94,11 @@ class TrainState:
     best_checkpoint: str = ""
 
     def save(self, rdir: Path) -> None:
-        _atomic_write_json(dataclasses.asdict(self), rdir / "state.json")
+        atomic_write_text(rdir / "state.json", json.dumps(dataclasses.asdict(self), indent=1))
 
     @classmethod
     def load(cls, rdir: Path) -> TrainState:
         return cls(**json.loads((rdir / "state.json").read_text()))
-
-
-def _atomic_save_model(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def run_dir(run_id: str) -> Path:
@@ -118,14 +107,10 @@ def run_dir(run_id: str) -> Path:
 
 def _check_runs_dir() -> None:
     """The local scratch folder must be writable before an MLflow run is opened for it."""
-    try:
-        paths.RUNS_DIR.mkdir(parents=True, exist_ok=True)
-        probe = paths.RUNS_DIR / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise SegnetError(f"runs folder {paths.RUNS_DIR} is not writable ({e.strerror or e}); "
-                          "set SEGNET_RUNS_DIR to a writable folder") from None
+    why = atomic.unwritable(paths.RUNS_DIR)
+    if why:
+        raise SegnetError(f"runs folder {paths.RUNS_DIR} is not writable ({why}); "
+                          "set SEGNET_RUNS_DIR to a writable folder")
 
 
 def _config_runs(cfg: Config, uri: str) -> list:
@@ -259,7 +244,8 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     # What a user can get wrong is checked before TensorFlow is set up: the data, the store, the runs folder.
     data = load_dataset(cfg)
     images, masks, ids = data.images, data.masks, data.ids
-    train_idx, val_idx = split(data, cfg)
+    train_idx, val_idx = split(ids, masks, n_folds=cfg.data.n_folds, fold=cfg.data.fold,
+                               seed=cfg.data.fold_seed)
     log(f"data: {data.dir} ({data.kind}, {len(ids)} images: {len(train_idx)} train, {len(val_idx)} validation "
         f"in fold {cfg.data.fold}/{cfg.data.n_folds}) [{data.reason}]")
     uri = tracking.tracking_uri(cfg)
@@ -271,7 +257,8 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     run, state, lock = open_run(cfg, uri, data, parent_run_id, extra_tags)
     rdir = run_dir(run.run_id)
     try:
-        with tracking.run_guard(run):
+        with tracking.run_guard(run), tracking.system_metrics(run, cfg.tracking.system_metrics):
+            tracking.log_training_inputs(run, data, cfg, train_idx, val_idx)  # again on resume: kept once
             model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state)
             fit = _Fit(cfg, run, rdir, model, strategy, images, masks, train_idx,
                        to_network(images[val_idx], cfg.data.size, cfg.data.resize_mode), masks[val_idx])
@@ -327,10 +314,10 @@ def _save_checkpoint(model, state: TrainState, rdir: Path, improved: bool) -> No
     tag = f"e{state.epoch + 1:04d}"  # e0000: the initial model
     old = {state.checkpoint, state.best_checkpoint}
     state.checkpoint = f"last_{tag}.keras"
-    _atomic_save_model(model, rdir / state.checkpoint)
+    atomic_write(rdir / state.checkpoint, model.save)
     if improved:
         state.best_checkpoint = f"best_{tag}.keras"
-        _atomic_save_model(model, rdir / state.best_checkpoint)
+        atomic_write(rdir / state.best_checkpoint, model.save)
     state.save(rdir)
     for name in old - {state.checkpoint, state.best_checkpoint, ""}:
         (rdir / name).unlink(missing_ok=True)
@@ -342,7 +329,7 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     from segnet.losses import get_loss
 
     cfg, model = fit.cfg, fit.model
-    want_loss = "lovasz_hinge" if epoch >= _lovasz_from(cfg) else cfg.train.loss
+    want_loss = cfg.train.finetune_loss if epoch >= _lovasz_from(cfg) else cfg.train.loss
     if model.loss is not get_loss(want_loss):
         log(f"epoch {epoch + 1}: fine-tuning with {want_loss}")
         with fit.strategy.scope():

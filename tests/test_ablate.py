@@ -20,9 +20,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from segnet import paths
 from segnet.ablate import SUMMARY_METRICS, paired_bootstrap, plan, summary_markdown
 from segnet.cli import main as cli_main
 from segnet.errors import ConfigError
+from segnet.models.decoders import DECODERS
 
 from .procs import run, store_uri
 from .test_train import tiny_overrides
@@ -37,8 +39,9 @@ def _write(tmp_path: Path, spec: dict) -> Path:
 def test_default_ablation_plans_eight_variants():
     p = plan(None)
     assert p.variants[0] == "transposed_k3" and len(p.variants) == 8
-    assert {c.cfg.model.decoder for c in p.children} == {
-        "transposed", "upsampling", "maxunpool", "bed_of_nails", "pixel_shuffle", "bilinear_additive"}
+    default = yaml.safe_load((paths.CONFIGS / "ablation" / "default.yaml").read_text())["variants"]
+    assert {c.cfg.model.decoder for c in p.children} == {v["model.decoder"] for v in default.values()}
+    assert {c.cfg.model.decoder for c in p.children} <= set(DECODERS)  # every child's decoder is registered
     assert len({c.cfg.data.fold_seed for c in p.children}) == 1  # one split for every child
     assert plan(None, seeds=3).children[-1].seed == p.children[0].seed + 2
 

@@ -9,7 +9,7 @@ Input conventions (all functions):
 * probabilities (for :func:`search_threshold`) are floats in [0, 1]; a pixel is predicted salt when
   ``prob > threshold`` (strictly greater).
 
-The TGS score of one image (DESIGN.md, Metrics): empty truth → 1 if the prediction is empty else 0;
+The TGS score of one image (docs/architecture.md, Metrics): empty truth → 1 if the prediction is empty else 0;
 empty prediction on non-empty truth → 0; otherwise the mean over t in 0.50, 0.55, …, 0.95 of
 ``[IoU > t]`` (strictly greater). The comparison ``IoU > k/20`` is done exactly, in integers
 (``20·|A∩B| > k·|A∪B|``), so an IoU of exactly 0.5 does not count at t = 0.5.

@@ -1,0 +1,247 @@
+"""MLflow-native review (issue 17), through the REST API of a real `mlflow server`, as the UI reads it:
+dataset inputs (lineage) of training and evaluation, the model registry (`segnet register`, `--model
+models:/<name>@<alias>` for predict and evaluate, an ablation registering its best) and system metrics.
+
+One training run (a module fixture) serves every test; the segnet commands run as separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.procs import run, segnet_env, tiny_overrides
+
+MODEL = "segnet-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}" if params else f"{base}{endpoint}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        body = r.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}
+
+
+def _post(base: str, path: str, payload: dict) -> dict:
+    req = urllib.request.Request(f"{base}{path}", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MLflow server on a free loopback port (sqlite store, artifacts proxied to a temp folder)."""
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(tmp / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                _get(base, "/health")
+                break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        else:
+            raise AssertionError("mlflow server did not answer /health in 120 s")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlflow_review")
+
+
+def _env(work: Path, base: str, **extra) -> dict:
+    return segnet_env(work, MLFLOW_TRACKING_URI=base, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1", **extra)
+
+
+def _segnet(args: list[str], work: Path, base: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run(args, work, env=_env(work, base), timeout=timeout)
+
+
+def _ok(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def _error(p: subprocess.CompletedProcess) -> str:
+    """A user's error: exit 2 and one line on stderr (TensorFlow's start-up noise aside)."""
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("segnet: error:")]
+    assert p.returncode == 2 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(server, work, tiny_synth) -> dict:
+    """The one training run of the module, with a logged model; returns its REST ``run`` object."""
+    out = _ok(_segnet(["train", *tiny_overrides(tiny_synth), "tracking.log_model=true"], work, server))
+    run_id = re.search(r"run_id: (\w+)", out).group(1)
+    return _get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+
+
+@pytest.fixture(scope="module")
+def registered(server, work, trained) -> dict:
+    """`segnet register` of the training run, twice (the second keeps the version); the alias's version."""
+    run_id = trained["info"]["run_id"]
+    out = _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL, "--alias", "champion"], work, server))
+    assert f"models:/{MODEL}@champion" in out
+    _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL], work, server))
+    return _get(server, "/api/2.0/mlflow/registered-models/alias", name=MODEL, alias="champion")["model_version"]
+
+
+def _tags(entity: dict) -> dict:
+    return {t["key"]: t["value"] for t in entity.get("tags", [])}
+
+
+def _inputs(run: dict) -> dict[str, dict]:
+    """context -> {name, digest, source (uri), profile, schema columns} of a REST run's dataset inputs."""
+    out = {}
+    for di in run.get("inputs", {}).get("dataset_inputs", []):
+        ds = di["dataset"]
+        out[_tags(di)["mlflow.data.context"]] = {
+            "name": ds["name"], "digest": ds["digest"], "source_type": ds["source_type"],
+            "source": json.loads(ds["source"])["uri"], "profile": json.loads(ds["profile"]),
+            "columns": [c["name"] for c in json.loads(ds["schema"])["mlflow_colspec"]]}
+    return out
+
+
+def test_training_run_has_its_dataset_inputs(server, trained, tiny_synth):
+    tags = {t["key"]: t["value"] for t in trained["data"]["tags"]}
+    inputs = _inputs(trained)
+    assert set(inputs) == {"training", "validation"}
+    for ds in inputs.values():
+        assert ds["digest"] == tags["segnet.data_fingerprint"]
+        assert ds["source"] == str(tiny_synth.resolve()) and ds["source_type"] == "local"
+        assert ds["columns"] == ["id", "coverage", "fold"]
+    assert inputs["training"]["name"] == "synthetic"
+    assert inputs["training"]["profile"]["num_rows"] == 40  # data.limit=40 of the 48 images
+    assert inputs["validation"]["name"] == "synthetic/fold-0-of-4"
+    assert inputs["validation"]["profile"]["num_rows"] == 10 and inputs["validation"]["profile"]["fold"] == 0
+    # runs can be filtered by dataset, as the UI's search box does
+    found = _post(server, "/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [trained["info"]["experiment_id"]],
+        "filter": f"dataset.name = 'synthetic' AND dataset.digest = '{tags['segnet.data_fingerprint']}' "
+                  "AND dataset.context = 'training'"}).get("runs", [])
+    assert [r["info"]["run_id"] for r in found] == [trained["info"]["run_id"]]
+
+
+def test_training_run_has_system_metrics(server, trained):
+    run_id = trained["info"]["run_id"]
+    keys = {m["key"] for m in _get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["data"]["metrics"]}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+            "system/system_memory_usage_percentage"} <= keys, sorted(keys)
+    hist = _get(server, "/api/2.0/mlflow/metrics/get-history", run_id=run_id,
+                metric_key="system/system_memory_usage_megabytes")["metrics"]
+    assert len(hist) >= 2 and all(m["value"] > 0 for m in hist)  # sampled every second while it trained
+    assert sorted(m["step"] for m in hist) == list(range(len(hist)))
+
+
+def test_register_gives_a_version_with_alias_and_tags(server, trained, registered):
+    run_id = trained["info"]["run_id"]
+    run_tags = _tags(trained["data"])
+    assert registered["run_id"] == run_id and registered["version"] == "1"  # registered twice, one version
+    assert registered["source"].startswith("models:/m-")  # the run's logged (pyfunc) model
+    vtags = _tags(registered)
+    assert vtags["segnet.data_fingerprint"] == run_tags["segnet.data_fingerprint"]
+    assert vtags["segnet.variant"] == run_tags["segnet.variant"]
+    metrics = {m["key"]: m["value"] for m in trained["data"]["metrics"]}
+    assert float(vtags["segnet.val_tgs_map_tuned"]) == pytest.approx(metrics["val_tgs_map_tuned"], abs=1e-4)
+    model = _get(server, "/api/2.0/mlflow/registered-models/get", name=MODEL)["registered_model"]
+    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1"}
+
+
+def test_predict_by_model_alias_writes_the_same_submission(server, work, trained, registered, tiny_synth):
+    images = str(tiny_synth / "test" / "images")
+    by_run, by_model = work / "by_run.csv", work / "by_model.csv"
+    _ok(_segnet(["predict", "--run-id", trained["info"]["run_id"], "--images", images, "--out", str(by_run)],
+                work, server))
+    out = _ok(_segnet(["predict", "--model", f"models:/{MODEL}@champion", "--images", images,
+                       "--out", str(by_model)], work, server))
+    assert f"is run {trained['info']['run_id']}" in out
+    assert by_model.read_text() == by_run.read_text() and len(by_run.read_text().splitlines()) == 5
+
+
+def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trained, registered):
+    from segnet.data.synthetic import generate
+
+    other = generate(work / "other" / "synthetic", n=24, seed=7, progress=False)
+    _ok(_segnet(["evaluate", "--model", f"models:/{MODEL}@champion", f"data.dir={other}"], work, server))
+    run = _get(server, "/api/2.0/mlflow/runs/get", run_id=trained["info"]["run_id"])["run"]
+    inputs = _inputs(run)
+    assert set(inputs) == {"training", "validation", "evaluation"}
+    ev = inputs["evaluation"]
+    assert ev["source"] == str(other.resolve()) and ev["name"] == "synthetic"
+    assert ev["digest"] == _tags(run["data"])["segnet.eval_data_fingerprint"] != inputs["training"]["digest"]
+    assert ev["profile"]["num_rows"] == 24
+
+
+def test_register_and_model_errors_are_one_line(server, work, trained, registered):
+    exp_id = trained["info"]["experiment_id"]
+    bare = _post(server, "/api/2.0/mlflow/runs/create", {"experiment_id": exp_id})["run"]["info"]["run_id"]
+    assert "no logged model" in _error(_segnet(["register", "--run-id", bare, "--name", MODEL], work, server))
+    assert "not found" in _error(_segnet(["register", "--run-id", "0" * 32], work, server))
+    images = str(work)
+    assert "no alias 'nope'" in _error(_segnet(["predict", "--model", f"models:/{MODEL}@nope", "--images", images],
+                                               work, server))
+    assert "no registered model 'nope'" in _error(_segnet(["evaluate", "--model", "models:/nope@champion"],
+                                                          work, server))
+    assert "exactly one of" in _error(_segnet(["predict", "--images", images], work, server))
+
+
+def test_ablation_registers_its_best_variants_best_seed(server, trained, monkeypatch, tmp_path):
+    """In process: what ``_log_summary`` does with ``tracking.register`` set, on the finished run."""
+    import pandas as pd
+
+    from segnet import ablate, tracking
+    from segnet.errors import ConfigError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    run_id = trained["info"]["run_id"]
+    parent = tracking.create_run(server, "test", "ablation-registry", {"segnet.role": "ablation"})
+    runs_df = pd.DataFrame([{"variant": "a", "seed": 42, "run_id": "f" * 32, "tgs_map_tuned": 0.1},
+                            {"variant": "b", "seed": 42, "run_id": run_id, "tgs_map_tuned": 0.5},
+                            {"variant": "b", "seed": 43, "run_id": "e" * 32, "tgs_map_tuned": 0.2}])
+    best = pd.Series({"variant": "b", "tgs_map_tuned_mean": 0.35, "tgs_map_mean": 0.3})
+    mv = ablate._register_best(parent, best, runs_df, "segnet-ablation-test")
+    parent.end()
+    got = _get(server, "/api/2.0/mlflow/registered-models/alias", name="segnet-ablation-test",
+               alias="champion")["model_version"]
+    assert got["run_id"] == run_id and got["version"] == str(mv.version)
+    vtags = _tags(got)
+    assert vtags["segnet.ablation_id"] == parent.run_id and vtags["segnet.ablation_tgs_map_tuned_mean"] == "0.3500"
+    assert vtags["segnet.data_fingerprint"] == _tags(trained["data"])["segnet.data_fingerprint"]
+    ptags = _tags(_get(server, "/api/2.0/mlflow/runs/get", run_id=parent.run_id)["run"]["data"])
+    assert ptags["segnet.registered_model"] == f"segnet-ablation-test/{mv.version}"
+
+    # tracking.register without a logged model is refused before any training
+    spec = tmp_path / "ablation.yaml"
+    spec.write_text("variants:\n  t: {model.decoder: transposed}\n")
+    with pytest.raises(ConfigError, match="tracking.log_model"):
+        ablate.ablate(spec, ["tracking.register=x", "tracking.log_model=false"])
