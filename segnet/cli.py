@@ -148,68 +148,86 @@ def _follow_parent() -> None:
 
 
 def _dispatch(args) -> int | None:
-    cmd = args.command
-    if cmd == "data":
-        from segnet.data import commands
+    """Run the command. Each command's module is imported here, on demand: a usage or config error
+    must come in a second, without importing TensorFlow or MLflow for commands that do not need them."""
+    return _COMMANDS[args.command](args) or 0
 
-        if args.data_command == "synth":
-            return commands.cmd_synth(args.out, args.n, args.seed)
-        if args.data_command == "check":
-            return commands.cmd_check(args.dir)
-        return commands.cmd_get()
-    if cmd in ("shapes", "train"):
-        from segnet.config import load_config
 
-        cfg = load_config(args.config, args.overrides)
-        if cmd == "shapes":
-            from segnet.models.shapes import describe
+def _data(args) -> int:
+    from segnet.data import commands
 
-            print(describe(cfg))
-            return 0
-        from segnet.train import train
+    if args.data_command == "synth":
+        return commands.cmd_synth(args.out, args.n, args.seed)
+    if args.data_command == "check":
+        return commands.cmd_check(args.dir)
+    return commands.cmd_get()
 
-        tags = {}
-        for item in args.tag:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise SegnetError(f"--tag '{item}' must look like KEY=VALUE")
-            tags[key] = value
-        train(cfg, parent_run_id=args.parent_run_id, extra_tags=tags)
-        return 0
-    if cmd == "evaluate":
-        from segnet.evaluate import evaluate_run
-        from segnet.runs import resolve_run_id
 
-        evaluate_run(resolve_run_id(args.run_id, args.model, args.overrides), args.overrides)
-        return 0
-    if cmd == "predict":
-        from segnet.predict import predict_run
-        from segnet.runs import resolve_run_id
+def _shapes(args) -> None:
+    from segnet.config import load_config
+    from segnet.models.shapes import describe
 
-        predict_run(resolve_run_id(args.run_id, args.model), args.images, args.out, tta=args.tta)
-        return 0
-    if cmd == "register":
-        from segnet.runs import register
+    print(describe(load_config(args.config, args.overrides)))
 
-        register(args.run_id, args.name, args.alias or None)
-        return 0
-    if cmd == "ablate":
-        from segnet.ablate import ablate
 
-        ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
-        return 0
-    if cmd == "compare":
-        from segnet.ablate import compare
+def _train(args) -> None:
+    from segnet.config import load_config
 
-        compare(args.ref, args.runs, args.bootstrap)
-        return 0
-    if cmd == "bench":
-        from segnet.bench import bench
+    cfg = load_config(args.config, args.overrides)
+    tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SegnetError(f"--tag '{item}' must look like KEY=VALUE")
+        tags[key] = value
+    from segnet.train import train
 
-        bench(quick=args.quick, out=args.out, levers=args.levers)
-        return 0
-    if cmd == "ui":
-        from segnet.ui import serve
+    train(cfg, parent_run_id=args.parent_run_id, extra_tags=tags)
 
-        return serve(args.host, args.port, verbose=args.verbose)
-    return None
+
+def _evaluate(args) -> None:
+    from segnet.evaluate import evaluate_run
+    from segnet.runs import resolve_run_id
+
+    evaluate_run(resolve_run_id(args.run_id, args.model, args.overrides), args.overrides)
+
+
+def _predict(args) -> None:
+    from segnet.predict import predict_run
+    from segnet.runs import resolve_run_id
+
+    predict_run(resolve_run_id(args.run_id, args.model), args.images, args.out, tta=args.tta)
+
+
+def _register(args) -> None:
+    from segnet.runs import register
+
+    register(args.run_id, args.name, args.alias or None)
+
+
+def _ablate(args) -> None:
+    from segnet.ablate import ablate
+
+    ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
+
+
+def _compare(args) -> None:
+    from segnet.ablate import compare
+
+    compare(args.ref, args.runs, args.bootstrap)
+
+
+def _bench(args) -> None:
+    from segnet.bench import bench
+
+    bench(quick=args.quick, out=args.out, levers=args.levers)
+
+
+def _ui(args) -> int:
+    from segnet.ui import serve
+
+    return serve(args.host, args.port, verbose=args.verbose)
+
+
+_COMMANDS = {"data": _data, "shapes": _shapes, "train": _train, "evaluate": _evaluate, "predict": _predict,
+             "register": _register, "ablate": _ablate, "compare": _compare, "bench": _bench, "ui": _ui}

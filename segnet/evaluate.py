@@ -31,7 +31,6 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     ``threshold`` None: searched on these images (when eval.threshold_search), else the given one.
     Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure}}.
     """
-    from segnet import plots
     from segnet.data.pipeline import from_network, to_network
     from segnet.inference import predict_logits, probabilities_from_logits
     from segnet.metrics import artifacts, segmentation
@@ -69,24 +68,33 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
         "best_threshold": float(threshold),
         "artifact_periodic_energy": pe,
         "artifact_periodic_energy_gt": pe_gt,
-        "artifact_excess": pe / pe_gt if pe_gt > 0 else float("nan"),
+        "artifact_excess": artifacts.artifact_excess(pe, pe_gt),
         "artifact_const_response": float(const["max"]),
         "artifact_overlap_unevenness": overlap_unevenness(spec, options),
     }
 
+    figures = _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const["maps"], threshold,
+                       cfg.eval.overlays)
+    return {"metrics": metrics, "scores": scores, "figures": figures}
+
+
+def _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const_maps, threshold: float,
+             overlays: int) -> dict:
+    """The pictures of one evaluation: spectra, constant responses, worst and best overlays."""
+    from segnet import plots
+
     order = np.argsort(scores["tgs"].to_numpy() + 1e-3 * scores["iou"].to_numpy(), kind="stable")
-    k = max(1, cfg.eval.overlays // 2)
-    worst, best_ = order[:k], order[::-1][:k]
+    k = max(1, overlays // 2)
     figures = {
         "plots/spectra.png": plots.plot_spectra(logits_plain, masks_net),
-        "plots/const_response.png": plots.plot_const_response(const["maps"]),
+        "plots/const_response.png": plots.plot_const_response(const_maps),
     }
-    for name, sel in (("worst", worst), ("best", best_)):
+    for name, sel in (("worst", order[:k]), ("best", order[::-1][:k])):
         figures[f"plots/overlays_{name}.png"] = plots.plot_overlays(
             images[sel, ..., 0], truth[sel], pred[sel], [ids[i] for i in sel],
             scores["tgs"].to_numpy()[sel], title=f"{name} validation images (threshold {threshold:.2f})",
         )
-    return {"metrics": metrics, "scores": scores, "figures": figures}
+    return figures
 
 
 def evaluate_and_log(run, model, cfg: Config, spec, images, masks, ids, prefix: str = "",

@@ -6,13 +6,18 @@ checkout's ``mlflow.db`` or ``runs/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from segnet import paths
@@ -130,3 +135,50 @@ def children_of(pid: int) -> list[int]:
             out += kids
             todo += kids
     return out
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rest_get(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}" if params else f"{base}{endpoint}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        body = r.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}
+
+
+def rest_post(base: str, path: str, payload: dict) -> dict:
+    req = urllib.request.Request(f"{base}{path}", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, *extra: str, cwd: Path | None = None, timeout: float = 120) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, in its own session; yields its base URL and stops
+    the whole process group (uvicorn workers, job runner, huey consumers) afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+                             "--host", "127.0.0.1", "--port", str(port), *extra], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                rest_get(base, "/health")
+                break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited"
+                assert time.time() < deadline, f"mlflow server did not answer /health in {timeout:.0f} s"
+                time.sleep(0.5)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

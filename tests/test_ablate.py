@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +16,7 @@ from segnet.cli import main as cli_main
 from segnet.errors import ConfigError
 from segnet.models.decoders import DECODERS
 
-from .procs import run, store_uri
+from .procs import mlflow_server, rest_get, rest_post, run, store_uri
 from .test_train import tiny_overrides
 
 
@@ -91,26 +81,6 @@ def test_summary_table_shows_the_final_scores_the_interval_compares():
     assert "| 0.7358 ± 0.0000 | reference |" in table[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(base: str, endpoint: str, **params) -> dict:
-    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}" if params else f"{base}{endpoint}"
-    with urllib.request.urlopen(url, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}
-
-
-def _post(base: str, path: str, payload: dict) -> dict:
-    req = urllib.request.Request(f"{base}{path}", data=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
 def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path):
     """`segnet ablate` and `segnet compare` as users run them (separate processes), then a rerun that
     trains nothing, then the review through a real MLflow server's REST API, as the UI sees it."""
@@ -153,22 +123,11 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
     assert client.get_run(parent_id).data.metrics["wall_time_s"] > first_wall
 
     # Review through a real MLflow server's REST API, as the UI sees it.
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                _get(base, "/health")
-                break
-            except OSError:
-                time.sleep(0.5)
-        exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="test")["experiment"]
+    with mlflow_server(uri) as base:
+        exp = rest_get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="test")["experiment"]
         tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
-        found = _post(base, "/api/2.0/mlflow/runs/search", {
+        found = rest_post(base, "/api/2.0/mlflow/runs/search", {
             "experiment_ids": [exp["experiment_id"]],
             "filter": f"tags.mlflow.parentRunId = '{parent_id}'"})["runs"]
         assert len(found) == 2
@@ -176,15 +135,11 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
             metrics = {m["key"] for m in r["data"]["metrics"]}
             assert {"best_val_tgs_map", "artifact_periodic_energy", "val_tgs_map"} <= metrics
             assert r["info"]["status"] == "FINISHED"
-        arts = {a["path"] for a in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)["files"]}
+        arts = {a["path"] for a in rest_get(base, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)["files"]}
         assert {"summary.csv", "summary.md", "plots"} <= arts
-        csv = _get(base, "/get-artifact", path="summary.csv", run_uuid=parent_id)["raw"]
+        csv = rest_get(base, "/get-artifact", path="summary.csv", run_uuid=parent_id)["raw"]
         assert "transposed_k3" in csv and "diff_lo" in csv
-        parent = _get(base, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]["data"]
+        parent = rest_get(base, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]["data"]
         best = summary.loc[summary.tgs_map_tuned_mean.idxmax(), "variant"]
         assert {t["key"]: t["value"] for t in parent["tags"]}["segnet.best_variant"] == best
         assert {m["key"] for m in parent["metrics"]} >= {"best_tgs_map_tuned_mean", "wall_time_s"}
-    finally:  # the server and every worker it started (its own session)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

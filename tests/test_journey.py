@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ import pandas as pd
 import pytest
 
 from segnet import paths
+from tests.procs import free_port
 
 TIMEOUT = 600
 
@@ -170,12 +170,6 @@ def test_logged_model_loads_with_pyfunc_in_a_python_without_segnet(journey):
             assert _agree(masks[i], sub[id_]) > 0.999, id_
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 5.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -188,7 +182,7 @@ def test_mlflow_models_serve_answers_invocations(journey):
     from segnet.data.tgs import read_images
 
     images, ids = read_images(journey.data / "test" / "images")
-    port = _free_port()
+    port = free_port()
     log = (journey.tmp / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{journey.run_id}/model",

@@ -8,69 +8,24 @@ One training run (a module fixture) serves every test; the segnet commands run a
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.procs import run, segnet_env, tiny_overrides
+from tests.procs import mlflow_server, rest_get, rest_post, run, segnet_env, tiny_overrides
 
 MODEL = "segnet-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(base: str, endpoint: str, **params) -> dict:
-    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}" if params else f"{base}{endpoint}"
-    with urllib.request.urlopen(url, timeout=30) as r:
-        body = r.read()
-    return json.loads(body) if body[:1] in (b"{", b"[") else {"raw": body.decode()}
-
-
-def _post(base: str, path: str, payload: dict) -> dict:
-    req = urllib.request.Request(f"{base}{path}", data=json.dumps(payload).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real MLflow server on a free loopback port (sqlite store, artifacts proxied to a temp folder)."""
     tmp = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(tmp / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                _get(base, "/health")
-                break
-            except OSError:
-                assert proc.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
-        else:
-            raise AssertionError("mlflow server did not answer /health in 120 s")
+    with mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(tmp / "artifacts"),
+                       "--workers", "1", cwd=tmp) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +58,7 @@ def trained(server, work, tiny_synth) -> dict:
     """The one training run of the module, with a logged model; returns its REST ``run`` object."""
     out = _ok(_segnet(["train", *tiny_overrides(tiny_synth), "tracking.log_model=true"], work, server))
     run_id = re.search(r"run_id: (\w+)", out).group(1)
-    return _get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
+    return rest_get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +68,7 @@ def registered(server, work, trained) -> dict:
     out = _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL, "--alias", "champion"], work, server))
     assert f"models:/{MODEL}@champion" in out
     _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL], work, server))
-    return _get(server, "/api/2.0/mlflow/registered-models/alias", name=MODEL, alias="champion")["model_version"]
+    return rest_get(server, "/api/2.0/mlflow/registered-models/alias", name=MODEL, alias="champion")["model_version"]
 
 
 def _tags(entity: dict) -> dict:
@@ -145,7 +100,7 @@ def test_training_run_has_its_dataset_inputs(server, trained, tiny_synth):
     assert inputs["validation"]["name"] == "synthetic/fold-0-of-4"
     assert inputs["validation"]["profile"]["num_rows"] == 10 and inputs["validation"]["profile"]["fold"] == 0
     # runs can be filtered by dataset, as the UI's search box does
-    found = _post(server, "/api/2.0/mlflow/runs/search", {
+    found = rest_post(server, "/api/2.0/mlflow/runs/search", {
         "experiment_ids": [trained["info"]["experiment_id"]],
         "filter": f"dataset.name = 'synthetic' AND dataset.digest = '{tags['segnet.data_fingerprint']}' "
                   "AND dataset.context = 'training'"}).get("runs", [])
@@ -154,10 +109,10 @@ def test_training_run_has_its_dataset_inputs(server, trained, tiny_synth):
 
 def test_training_run_has_system_metrics(server, trained):
     run_id = trained["info"]["run_id"]
-    keys = {m["key"] for m in _get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["data"]["metrics"]}
+    keys = {m["key"] for m in rest_get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["data"]["metrics"]}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
             "system/system_memory_usage_percentage"} <= keys, sorted(keys)
-    hist = _get(server, "/api/2.0/mlflow/metrics/get-history", run_id=run_id,
+    hist = rest_get(server, "/api/2.0/mlflow/metrics/get-history", run_id=run_id,
                 metric_key="system/system_memory_usage_megabytes")["metrics"]
     assert len(hist) >= 2 and all(m["value"] > 0 for m in hist)  # sampled every second while it trained
     assert sorted(m["step"] for m in hist) == list(range(len(hist)))
@@ -173,7 +128,7 @@ def test_register_gives_a_version_with_alias_and_tags(server, trained, registere
     assert vtags["segnet.variant"] == run_tags["segnet.variant"]
     metrics = {m["key"]: m["value"] for m in trained["data"]["metrics"]}
     assert float(vtags["segnet.val_tgs_map_tuned"]) == pytest.approx(metrics["val_tgs_map_tuned"], abs=1e-4)
-    model = _get(server, "/api/2.0/mlflow/registered-models/get", name=MODEL)["registered_model"]
+    model = rest_get(server, "/api/2.0/mlflow/registered-models/get", name=MODEL)["registered_model"]
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1"}
 
 
@@ -193,7 +148,7 @@ def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trai
 
     other = generate(work / "other" / "synthetic", n=24, seed=7, progress=False)
     _ok(_segnet(["evaluate", "--model", f"models:/{MODEL}@champion", f"data.dir={other}"], work, server))
-    run = _get(server, "/api/2.0/mlflow/runs/get", run_id=trained["info"]["run_id"])["run"]
+    run = rest_get(server, "/api/2.0/mlflow/runs/get", run_id=trained["info"]["run_id"])["run"]
     inputs = _inputs(run)
     assert set(inputs) == {"training", "validation", "evaluation"}
     ev = inputs["evaluation"]
@@ -204,7 +159,7 @@ def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trai
 
 def test_register_and_model_errors_are_one_line(server, work, trained, registered):
     exp_id = trained["info"]["experiment_id"]
-    bare = _post(server, "/api/2.0/mlflow/runs/create", {"experiment_id": exp_id})["run"]["info"]["run_id"]
+    bare = rest_post(server, "/api/2.0/mlflow/runs/create", {"experiment_id": exp_id})["run"]["info"]["run_id"]
     assert "no logged model" in _error(_segnet(["register", "--run-id", bare, "--name", MODEL], work, server))
     assert "not found" in _error(_segnet(["register", "--run-id", "0" * 32], work, server))
     images = str(work)
@@ -231,13 +186,13 @@ def test_ablation_registers_its_best_variants_best_seed(server, trained, monkeyp
     best = pd.Series({"variant": "b", "tgs_map_tuned_mean": 0.35, "tgs_map_mean": 0.3})
     mv = ablate._register_best(parent, best, runs_df, "segnet-ablation-test")
     parent.end()
-    got = _get(server, "/api/2.0/mlflow/registered-models/alias", name="segnet-ablation-test",
+    got = rest_get(server, "/api/2.0/mlflow/registered-models/alias", name="segnet-ablation-test",
                alias="champion")["model_version"]
     assert got["run_id"] == run_id and got["version"] == str(mv.version)
     vtags = _tags(got)
     assert vtags["segnet.ablation_id"] == parent.run_id and vtags["segnet.ablation_tgs_map_tuned_mean"] == "0.3500"
     assert vtags["segnet.data_fingerprint"] == _tags(trained["data"])["segnet.data_fingerprint"]
-    ptags = _tags(_get(server, "/api/2.0/mlflow/runs/get", run_id=parent.run_id)["run"]["data"])
+    ptags = _tags(rest_get(server, "/api/2.0/mlflow/runs/get", run_id=parent.run_id)["run"]["data"])
     assert ptags["segnet.registered_model"] == f"segnet-ablation-test/{mv.version}"
 
     # tracking.register without a logged model is refused before any training

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import free_port
+
 START_TIMEOUT_S = 120.0  # the server starts in ~20 s on 2 busy cores; segnet ui itself gives up at 60 s
 STOP_TIMEOUT_S = 15.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_free(port: int) -> bool:
@@ -132,7 +128,7 @@ def _cleanup(proc: subprocess.Popen, started: dict[int, str]):
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint_to_group"])
 def test_ui_serves_then_stops_everything(tmp_path, how):
-    port = _free_port()
+    port = free_port()
     proc = _segnet_ui(tmp_path, port)
     started: dict[int, str] = {}
     with _cleanup(proc, started):
