@@ -36,7 +36,7 @@ CFG := $(if $(CONFIG),--config $(CONFIG))
 # Which model evaluate and predict use: a run (RUN=) or a registered version (MODEL=models:/<name>@<alias>).
 WHICH := $(if $(RUN),--run-id $(RUN)) $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help install data test test-all lint train shapes evaluate predict register ablate bench ui clean
+.PHONY: help install data test test-all lint train shapes evaluate predict register ablate cv bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ register: $(STAMP) ## register a run's logged model in the MLflow model registry
 ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS=
 	$(PY) -m segnet ablate $(CFG) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
 	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS)
+
+cv: $(STAMP) ## k-fold cross-validation of one config, a child run per fold: DECODER= EPOCHS= DATA= CONFIG= JOBS= ARGS=
+	$(PY) -m segnet cv $(CFG) $(if $(JOBS),--jobs $(JOBS)) $(OVR)
 
 bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 short, LEVERS=1 lever by lever)
 	$(PY) -m segnet bench $(if $(QUICK),--quick) $(if $(LEVERS),--levers)

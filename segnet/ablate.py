@@ -4,22 +4,18 @@ Restartable: the parent is found again by its ablation hash (or ``--resume ID``)
 skipped and an unfinished one resumes from its last epoch. Each child is a `segnet train` process
 (``--jobs N`` at once), so a crash of one cannot take the others down, and Ctrl-C or SIGTERM stops
 them all (their runs end KILLED). A running ablation holds a lock: a second `ablate` of the same
-config is refused instead of training the same children twice.
+config is refused instead of training the same children twice. The parent, its lock and the scheduler
+of the children are ``segnet.children``, shared with `segnet cv`. With ``folds: all`` in the ablation
+file the children are variant x seed x fold (tag ``segnet.fold``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +23,28 @@ import pandas as pd
 import yaml
 
 from segnet import paths
+from segnet.children import Child, ParentSpec, find_or_create_parent, train_children
 from segnet.config import Config, load_config
 from segnet.errors import ConfigError, SegnetError
 
-ABLATION_KEYS = {"profile", "seeds", "bootstrap", "overrides", "variants"}
-
-
-@dataclass
-class Child:
-    variant: str
-    seed: int
-    cfg: Config
-    overrides: list[str]  # what `segnet train` needs, with the profile, to resolve exactly ``cfg``
+ID_TAG = "segnet.ablation_id"  # the tag that names a child's ablation
+ABLATION_KEYS = {"profile", "seeds", "folds", "bootstrap", "overrides", "variants"}
 
 
 @dataclass
 class AblationPlan:
     file: Path
-    children: list[Child]
+    children: list[Child]  # variant x seed x fold, in that order
     variants: list[str]
     bootstrap: int
     hash: str
     experiment: str
     profile: Path | None = None
+    folds: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.children) // (len(self.variants) * len(self.folds))
 
 
 def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None) -> AblationPlan:
@@ -76,21 +71,46 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
 
     children = []
     base = load_config(profile, common)
+    folds = _folds(f, spec.get("folds"), base)
+    explicit = "folds" in spec  # absent: no data.fold override, so older ablations keep their configs
     for name, var in variants.items():
         if not isinstance(var, dict):
             raise ConfigError(f"{f}: variant '{name}' must be a mapping of key: value")
         var_over = [f"{k}={_yaml_scalar(v)}" for k, v in var.items()]
         for i in range(n_seeds):
             seed = base.train.seed + i
-            over = var_over + common + [f"train.seed={seed}", f"tracking.variant={name}"]
-            try:
-                cfg = load_config(profile, over)
-            except ConfigError as e:
-                raise ConfigError(f"{f}: variant '{name}': {e}") from None
-            children.append(Child(name, seed, cfg, over))
-    h = hashlib.sha256(json.dumps([[c.variant, c.seed, c.cfg.hash()] for c in children]).encode()).hexdigest()[:12]
+            for k in folds:
+                over = var_over + common + [f"train.seed={seed}", f"tracking.variant={name}",
+                                            *([f"data.fold={k}"] if explicit else [])]
+                try:
+                    cfg = load_config(profile, over)
+                except ConfigError as e:
+                    raise ConfigError(f"{f}: variant '{name}': {e}") from None
+                label = f"{name} s{seed}" + (f" f{cfg.data.fold}" if len(folds) > 1 else "")
+                children.append(Child(name, seed, cfg, over, label=label))
+    # One fold: the hash of the ablations made before `folds` existed (the fold is in each config's hash).
+    key = [[c.variant, c.seed, c.cfg.hash()] if len(folds) == 1 else [c.variant, c.seed, c.fold, c.cfg.hash()]
+           for c in children]
+    h = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment,
-                        Path(profile) if profile else None)
+                        Path(profile) if profile else None, folds)
+
+
+def _folds(f: Path, value, base: Config) -> list[int]:
+    """The ablation file's ``folds``: absent (the config's data.fold, 0 by default), ``all`` (every fold
+    of data.n_folds) or a list of distinct fold numbers."""
+    n = base.data.n_folds
+    if value is None:
+        return [base.data.fold]
+    if value == "all":
+        return list(range(n))
+    if not isinstance(value, list) or not value or not all(isinstance(k, int) and not isinstance(k, bool)
+                                                           for k in value):
+        raise ConfigError(f"{f}: 'folds' must be 'all' or a list of fold numbers; got {value!r}")
+    bad = [k for k in value if not 0 <= k < n]
+    if bad or len(set(value)) != len(value):
+        raise ConfigError(f"{f}: 'folds' must be distinct folds in 0..{n - 1} (data.n_folds={n}); got {value!r}")
+    return list(value)
 
 
 def _yaml_scalar(v) -> str:
@@ -108,20 +128,16 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.children[0].cfg)
     parent, lock = _find_or_create_parent(uri, p, resume)
-    print(f"ablation_run_id: {parent.run_id}  ({len(p.variants)} variants x "
-          f"{len(p.children) // len(p.variants)} seeds, hash {p.hash})", flush=True)
+    folds = f" x {len(p.folds)} folds" if len(p.folds) > 1 else ""
+    print(f"ablation_run_id: {parent.run_id}  ({len(p.variants)} variants x {p.n_seeds} seeds{folds}, "
+          f"hash {p.hash})", flush=True)
 
     # A restarted ablation adds its time to the time the earlier invocations spent.
     t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
     try:
         with tracking.run_guard(parent):
-            done = _finished_children(uri, p.experiment, parent.run_id)
-            todo = [c for c in p.children if (c.variant, c.seed) not in done]
-            if len(todo) < len(p.children):
-                print(f"ablate: {len(p.children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
-            failures = _run_children(todo, p.profile, parent.run_id, jobs)
-            if failures:
-                raise SegnetError(f"{len(failures)} ablation children failed: " + "; ".join(failures))
+            train_children(uri, p.experiment, parent.run_id, p.children, p.profile, jobs, id_tag=ID_TAG,
+                           who="ablate")
             summary, per_image = summarize(uri, p, parent.run_id)
             wall = time.perf_counter() - t0
             _log_summary(parent, summary, per_image, wall, register=register)
@@ -137,135 +153,15 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
 def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
     """The parent run (found by ``--resume`` or the ablation hash, else new) and its lock: an
     ablation that is still running elsewhere on this machine is refused, not joined."""
-    from segnet import locks, tracking
-    from segnet.train import _check_runs_dir, run_dir
-
-    _check_runs_dir()
-    if resume:
-        info = tracking.get_run(uri, resume)
-        if info.data.tags.get("segnet.ablation_hash") != p.hash:
-            raise SegnetError(f"ablation run '{resume}' was made from another ablation config; "
-                              "resume it with the same file, seeds and overrides")
-        lock = locks.lock_run(run_dir(resume), f"ablation {resume}")
-        return tracking.reopen_run(uri, resume), lock
-    found = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_hash` = '{p.hash}'")
-    found = [r for r in found if r.data.tags.get("segnet.role") == "ablation"]
-    if found:
-        run_id = found[0].info.run_id
-        lock = locks.lock_run(run_dir(run_id), f"ablation {run_id} (same config hash)")
-        print(f"ablate: continuing ablation {run_id} (same config hash)", flush=True)
-        return tracking.reopen_run(uri, run_id), lock
-    parent = tracking.create_run(uri, p.experiment, f"ablation-{time.strftime('%m%d-%H%M%S')}",
-                                 {"segnet.role": "ablation", "segnet.ablation_hash": p.hash,
-                                  "segnet.reference": p.variants[0]})
-    try:
-        lock = locks.try_lock(run_dir(parent.run_id))
-        parent.log_params({"ablation.file": str(p.file), "ablation.variants": ",".join(p.variants),
-                           "ablation.seeds": len(p.children) // len(p.variants), "ablation.bootstrap": p.bootstrap,
-                           **{k: v for k, v in p.children[0].cfg.flat().items()
-                              if not k.startswith(("model.", "decoder."))}})
-        parent.log_text(Path(p.file).read_text(), "ablation.yaml")
-    except BaseException:
-        parent.end("FAILED")
-        raise
-    return parent, lock
-
-
-def _finished_children(uri, experiment, parent_id) -> set[tuple[str, int]]:
-    from segnet import tracking
-
-    runs = tracking.find_runs(uri, experiment, f"tags.`segnet.ablation_id` = '{parent_id}'", max_results=1000)
-    return {(r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]))
-            for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics}
-
-
-def child_command(c: Child, profile: Path | None, parent_id: str, jobs: int = 1) -> list[str]:
-    """The `segnet train` command line of one child: its config resolves exactly as in ``plan``."""
-    argv = [sys.executable, "-m", "segnet", "train"]
-    if profile:
-        argv += ["--config", str(profile)]
-    argv += ["--parent-run-id", parent_id, "--tag", f"segnet.ablation_id={parent_id}",
-             "--tag", f"segnet.seed={c.seed}"]
-    over = [*c.overrides, "train.resume=true"]
-    if jobs > 1 and c.cfg.train.threads == 0:
-        over.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")
-    return argv + over
-
-
-class _ChildProcess:
-    """One child training in its own process; its output is printed line by line with its label."""
-
-    def __init__(self, c: Child, argv: list[str]):
-        self.child = c
-        self.label = f"{c.variant} s{c.seed}"
-        env = {**os.environ, "SEGNET_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, env=env)
-        self.last_line = ""
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            line = line.rstrip()
-            if line:
-                self.last_line = line
-                print(f"[{self.label}] {line}", flush=True)
-
-    def done(self) -> bool:
-        if self.proc.poll() is None:
-            return False
-        self.reader.join(timeout=5)
-        return True
-
-
-def _run_children(todo: list[Child], profile: Path | None, parent_id: str, jobs: int) -> list[str]:
-    """Train the children, ``jobs`` at a time, each as a `segnet train` process.
-
-    Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each ends its run
-    KILLED), waits for them, and re-raises; a SIGKILLed parent takes its children with it (see cli).
-    """
-    queue = list(todo)
-    running: list[_ChildProcess] = []
-    failures: list[str] = []
-    t0, n_done = time.perf_counter(), 0
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                c = queue.pop(0)
-                print(f"ablate: [{len(todo) - len(queue)}/{len(todo)}] start {c.variant} seed {c.seed}", flush=True)
-                running.append(_ChildProcess(c, child_command(c, profile, parent_id, jobs)))
-            time.sleep(0.2)
-            for cp in [cp for cp in running if cp.done()]:
-                running.remove(cp)
-                n_done += 1
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / n_done * (len(todo) - n_done)
-                status = "finished" if cp.proc.returncode == 0 else f"FAILED (exit {cp.proc.returncode})"
-                print(f"ablate: {cp.child.variant} seed {cp.child.seed} {status}; {n_done}/{len(todo)} done, "
-                      f"{len(running)} running, {len(queue)} pending, {elapsed / 60:.1f} min elapsed, "
-                      f"~{eta / 60:.1f} min left", flush=True)
-                if cp.proc.returncode != 0:
-                    failures.append(f"{cp.child.variant} seed {cp.child.seed}: {cp.last_line or 'no output'}")
-    except KeyboardInterrupt:
-        print(f"ablate: stopping {len(running)} running children ({len(queue)} not started)", flush=True)
-        _stop(running)
-        raise
-    return failures
-
-
-def _stop(running: list[_ChildProcess], grace: float = 60.0) -> None:
-    """SIGTERM to each child, then wait (each ends its run KILLED); SIGKILL what outlives ``grace``."""
-    for cp in running:
-        with contextlib.suppress(ProcessLookupError):
-            cp.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for cp in running:
-        try:
-            cp.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            cp.proc.kill()
-            cp.proc.wait()
+    params = {"ablation.file": str(p.file), "ablation.variants": ",".join(p.variants),
+              "ablation.seeds": p.n_seeds, "ablation.folds": ",".join(map(str, p.folds)),
+              "ablation.bootstrap": p.bootstrap,
+              **{k: v for k, v in p.children[0].cfg.flat().items()
+                 if not k.startswith(("model.", "decoder.")) and not (k == "data.fold" and len(p.folds) > 1)}}
+    spec = ParentSpec("ablation", p.hash, p.experiment, "ablation", tags={"segnet.reference": p.variants[0]},
+                      params=params, texts={"ablation.yaml": Path(p.file).read_text()},
+                      resume_hint="resume it with the same file, seeds and overrides", who="ablate")
+    return find_or_create_parent(uri, spec, resume)
 
 
 def paired_bootstrap(diff: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
@@ -293,80 +189,114 @@ def _val_scores(uri: str, run_id: str, tmp: str | Path) -> pd.Series:
     return pd.read_csv(csv, dtype={"id": str}).set_index("id")["tgs"]
 
 
-def _interval(diff: np.ndarray, n: int) -> dict:
-    """The paired-bootstrap columns of a per-image difference: mean, 95% bounds, whether they exclude 0."""
-    mean, lo, hi = paired_bootstrap(diff, n)
-    return {"diff_mean": mean, "diff_lo": lo, "diff_hi": hi, "significant": bool(lo > 0 or hi < 0)}
+def _interval(table: pd.DataFrame, n: int, reference: str):
+    """The hierarchical paired bootstrap (``segnet.stats``, seed 0) of a per-replicate, per-image score
+    table (``variant, replicate, fold, image, score``) against ``reference``: what `ablate` and
+    `compare` both report, so the same runs get the same intervals from either. Returns a
+    ``stats.Bootstrap``."""
+    from segnet import stats
+
+    try:
+        return stats.bootstrap(table, reference=reference, n=n, seed=0)
+    except ValueError as e:
+        raise SegnetError(f"bootstrap: {e}") from None
+
+
+def _scores_rows(variant: str, run_id: str, fold: int, scores: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({"variant": variant, "replicate": run_id, "fold": fold,
+                         "image": scores.index.astype(str), "score": scores.to_numpy(float)})
 
 
 def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per variant: mean and spread over seeds, and the paired bootstrap CI against the reference."""
+    """Per variant: its replicates (each finished child run: a seed of a fold), the mean and spread of
+    every metric over them, and the hierarchical paired bootstrap of its final score against the
+    reference (``segnet.stats``). The verdict (best variant, whether its lead survives the intervals)
+    rides along in ``summary.attrs["verdict"]``. Returns (summary, children table)."""
     from segnet import tracking
 
     runs = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_id` = '{parent_id}'", max_results=1000)
     runs = [r for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics]
-    rows, per_image = [], {}
+    default_fold = p.children[0].cfg.data.fold if p.children else 0
+
+    def fold_of(r) -> int:
+        return int(r.data.tags.get("segnet.fold", r.data.params.get("data.fold", default_fold)))
+
+    order = {v: i for i, v in enumerate(p.variants)}
+    runs = sorted((r for r in runs if r.data.tags.get("segnet.variant") in order),
+                  key=lambda r: (order[r.data.tags["segnet.variant"]], fold_of(r), int(r.data.tags["segnet.seed"]),
+                                 r.info.run_id))
+    rows, parts = [], []
     c = tracking.client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         for r in runs:
-            v, s = r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"])
-            row = {"variant": v, "seed": s, "run_id": r.info.run_id}
+            v, s, fold = r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]), fold_of(r)
+            row = {"variant": v, "seed": s, "fold": fold, "run_id": r.info.run_id}
             row.update({k: r.data.metrics.get(m, np.nan) for k, m in SUMMARY_METRICS.items()})
             for m in ("train_images_per_s", "epoch_time_s"):
                 hist = [x.value for x in c.get_metric_history(r.info.run_id, m)]
                 row[m] = float(np.median(hist)) if hist else np.nan
             rows.append(row)
-            per_image[(v, s)] = _val_scores(uri, r.info.run_id, tmp)
+            parts.append(_scores_rows(v, r.info.run_id, fold, _val_scores(uri, r.info.run_id, tmp)))
     runs_df = pd.DataFrame(rows)
     ref = p.variants[0]
+    if runs_df.empty or ref not in set(runs_df.variant):
+        raise SegnetError(f"ablation {parent_id}: the reference variant '{ref}' has no finished child to compare with")
+    boot = _interval(pd.concat(parts, ignore_index=True), p.bootstrap, ref)
     out = []
-    for v in p.variants:
-        sub = runs_df[runs_df.variant == v]
-        if sub.empty:
-            continue
-        row = {"variant": v, "seeds": len(sub)}
+    for b in boot.table.to_dict("records"):
+        sub = runs_df[runs_df.variant == b["variant"]]
+        row = dict(b)
         for k in list(SUMMARY_METRICS) + ["train_images_per_s", "epoch_time_s"]:
             row[f"{k}_mean"] = sub[k].mean()
             row[f"{k}_std"] = sub[k].std(ddof=1) if len(sub) > 1 else 0.0
-        seeds = sorted(set(sub.seed) & set(runs_df[runs_df.variant == ref].seed))
-        if v != ref and seeds:
-            a = pd.concat([per_image[(v, s)] for s in seeds], axis=1).mean(axis=1)
-            b = pd.concat([per_image[(ref, s)] for s in seeds], axis=1).mean(axis=1)
-            common = a.index.intersection(b.index)
-            row.update(_interval((a[common] - b[common]).to_numpy(), p.bootstrap))
-        else:
-            row.update(diff_mean=0.0, diff_lo=0.0, diff_hi=0.0, significant=False)
         out.append(row)
-    return pd.DataFrame(out), runs_df
+    summary = pd.DataFrame(out)
+    summary.attrs["verdict"] = {**boot.lead(), "n_images": boot.n_images, "bootstrap": p.bootstrap}
+    return summary, runs_df
 
 
 def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
     """Paired bootstrap of per-image final tgs scores of any finished runs against a reference run.
 
+    Each run is one training replicate of its own variant, so this is the ablation's statistic
+    (``segnet.stats``, same seed) with one replicate each: the same runs get the same interval from
+    `segnet ablate` and from here, and it covers image sampling only (``interval`` = ``images``).
     The runs need not belong to one ablation (different schedules, decoders, datasets options), but
     they must have been evaluated on the same validation images; an image missing from either is an error.
+    One row per run: ``run_id, final, ref_final, diff_mean, diff_lo, diff_hi, interval, significant,
+    p_best``; the reference's ``p_best`` is in ``attrs["ref_p_best"]``.
     """
     from segnet import tracking
 
     if n < 100:
         raise SegnetError(f"bootstrap resamples must be >= 100; got {n}")
+    seen = {ref_id}
+    for run_id in run_ids:
+        if run_id in seen:
+            raise SegnetError(f"run '{run_id}' is given twice; compare distinct runs")
+        seen.add(run_id)
 
     def scores(run_id: str, tmp: str) -> pd.Series:
         tracking.get_run(uri, run_id)  # an unknown id: "not found", not "has no artifact"
         return _val_scores(uri, run_id, tmp)
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ref = scores(ref_id, tmp)
+        parts = [_scores_rows(ref_id, ref_id, 0, ref)]
         for run_id in run_ids:
             s = scores(run_id, tmp)
             if set(s.index) != set(ref.index):
                 raise SegnetError(f"run '{run_id}' was validated on other images than run '{ref_id}' "
                                   f"({len(s.index.symmetric_difference(ref.index))} ids differ); "
                                   "compare runs of the same data and fold")
-            rows.append({"run_id": run_id, "final": s.mean(), "ref_final": ref.mean(),
-                         **_interval((s - ref[s.index]).to_numpy(), n)})
-    return pd.DataFrame(rows)
+            parts.append(_scores_rows(run_id, run_id, 0, s))
+    boot = _interval(pd.concat(parts, ignore_index=True), n, ref_id)
+    rows = {r["variant"]: r for r in boot.table.to_dict("records")}
+    keys = ["diff_mean", "diff_lo", "diff_hi", "interval", "significant", "p_best"]
+    df = pd.DataFrame([{"run_id": run_id, "final": rows[run_id]["final_mean"], "ref_final": rows[ref_id]["final_mean"],
+                        **{k: rows[run_id][k] for k in keys}} for run_id in run_ids])
+    df.attrs.update(ref_p_best=rows[ref_id]["p_best"], n_images=boot.n_images)
+    return df
 
 
 def compare(ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
@@ -375,38 +305,63 @@ def compare(ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
 
     uri = tracking.tracking_uri()
     df = compare_runs(uri, ref_id, run_ids, n)
-    print(f"reference {ref_id}: final tgs_map {df.ref_final.iloc[0]:.4f} (flip TTA, tuned threshold)")
+    print(f"reference {ref_id}: final tgs_map {df.ref_final.iloc[0]:.4f} (flip TTA, tuned threshold)  "
+          f"p_best {df.attrs['ref_p_best']:.2f}")
     for r in df.itertuples():
-        mark = "  ** interval excludes 0" if r.significant else ""
+        mark = " *" if r.significant else ""
         print(f"{r.run_id}: final {r.final:.4f}  diff {r.diff_mean:+.4f} "
-              f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{mark}")
+              f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{mark}  p_best {r.p_best:.2f}")
+    print(f"diff: final minus the reference's, 95% paired bootstrap interval over the {df.attrs['n_images']} "
+          f"validation images ({n} resamples); * it excludes 0. Each run is one training replicate, so the "
+          "interval covers image sampling only, not seed-to-seed training noise (for that: an ablation with "
+          "seeds >= 2). p_best: share of resamples in which the run has the best mean.")
     return df
 
 
 def summary_markdown(df: pd.DataFrame) -> str:
-    """The summary as a markdown table. tgs_map and val_iou are the best epoch's (threshold 0.5, no TTA);
-    final is the final evaluation of that checkpoint (flip TTA, tuned threshold), whose per-image scores
-    the paired bootstrap compares, so the difference column is a difference of final scores."""
-    cols = ["variant", "seeds", "tgs_map", "val_iou", "final", "final - ref [95% CI]", "periodic", "excess",
-            "const", "const@init", "uneven", "params", "img/s", "epoch s"]
+    """The summary as a markdown table (the first row is the reference), the columns explained under it,
+    and the verdict when ``df.attrs["verdict"]`` holds one (``summarize`` puts it there)."""
+    from segnet import stats
+
+    cols = ["variant", "replicates", "tgs_map", "val_iou", "final", "final - ref [95% CI]", "covers", "p_best",
+            "periodic", "excess", "const", "const@init", "uneven", "params", "img/s", "epoch s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        ci = "reference" if r.diff_lo == r.diff_hi == 0 else (
-            f"{r.diff_mean:+.4f} [{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{' **' if r.significant else ''}")
+    for i, (_, r) in enumerate(df.iterrows()):
         lines.append("| " + " | ".join([
-            r.variant, str(int(r.seeds)), f"{r.tgs_map_mean:.4f} ± {r.tgs_map_std:.4f}",
-            f"{r.val_iou_mean:.4f} ± {r.val_iou_std:.4f}", f"{r.tgs_map_tuned_mean:.4f} ± {r.tgs_map_tuned_std:.4f}", ci, f"{r.artifact_periodic_energy_mean:.4f}",
+            r.variant, str(int(r.replicates)), f"{r.tgs_map_mean:.4f} ± {r.tgs_map_std:.4f}",
+            f"{r.val_iou_mean:.4f} ± {r.val_iou_std:.4f}", f"{r.final_mean:.4f} ± {r.final_std:.4f}",
+            "reference" if i == 0 else f"{r.diff_mean:+.4f} [{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]" + (
+                (" **" if r.interval == "images+training" else " *") if r.significant else ""),
+            r.interval, f"{r.p_best:.2f}",
+            f"{r.artifact_periodic_energy_mean:.4f}",
             f"{r.artifact_excess_mean:.2f}", f"{r.artifact_const_response_mean:.3f}",
             f"{r.artifact_const_response_init_mean:.3f}", f"{r.artifact_overlap_unevenness_mean:.2f}",
             f"{int(r.params_mean):,}", f"{r.train_images_per_s_mean:.0f}", f"{r.epoch_time_s_mean:.1f}",
         ]) + " |")
-    lines.append("\nfinal: flip TTA and the tuned threshold (the scores the paired bootstrap compares); "
-                 "** the 95% interval of the difference excludes 0")
+    lines += [
+        "",
+        "Mean ± std over the replicates (child runs: seeds, and folds). tgs_map, val_iou: the best epoch "
+        "(threshold 0.5); final: that checkpoint's final evaluation (flip TTA, tuned threshold), whose "
+        "per-image scores the bootstrap compares.",
+        "final - ref: the variant's mean final score minus the reference's, with its 95% hierarchical paired "
+        "bootstrap interval (each variant's replicates resampled, then the validation images, the same "
+        "images for every variant). covers: images+training when the variant and the reference have 2 or "
+        "more replicates of a fold (the interval includes seed-to-seed training noise), images when they "
+        "have one (image sampling only: one more seed could reverse it). ** the interval excludes 0 and "
+        "includes training noise; * it excludes 0 for image sampling only. p_best: the share of resamples "
+        "in which the variant has the best mean final score.",
+    ]
+    if df.attrs.get("verdict"):
+        lines += ["", stats.verdict_sentence(df.attrs["verdict"])]
     return "\n".join(lines)
 
 
 def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: float,
                  register: str | None = None) -> None:
+    """The parent's artifacts (summary.csv/.md, children.csv, charts), metrics and tags. The tag
+    ``segnet.best_variant`` names a winner only when its lead survives the intervals (its difference
+    against every other variant excludes 0), else ``none``; ``segnet.best_mean_variant`` names the best
+    mean final score either way, and it is what ``register`` registers."""
     from segnet import plots
 
     parent.log_dataframe(summary, "summary.csv")
@@ -415,11 +370,17 @@ def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: flo
     ref = summary.variant.iloc[0]
     parent.log_figure(plots.plot_ablation(summary, reference=ref), "plots/ablation.png")
     parent.log_figure(plots.plot_bootstrap_ci(summary, reference=ref), "plots/bootstrap_ci.png")
-    best = summary.loc[summary.tgs_map_tuned_mean.idxmax()]  # judged on the scores the CIs compare
-    parent.log_metrics({"wall_time_s": wall, "best_tgs_map_mean": float(best.tgs_map_mean),
-                        "best_tgs_map_tuned_mean": float(best.tgs_map_tuned_mean),
-                        "n_children": len(runs_df)})
-    parent.set_tags({"segnet.best_variant": best.variant})
+    verdict = summary.attrs.get("verdict") or {}
+    best_name = verdict.get("best", summary.variant[summary.final_mean.idxmax()])
+    best = summary.set_index("variant", drop=False).loc[best_name]  # judged on the scores the CIs compare
+    metrics = {"wall_time_s": wall, "best_tgs_map_mean": float(best.tgs_map_mean),
+               "best_tgs_map_tuned_mean": float(best.tgs_map_tuned_mean), "best_final_mean": float(best.final_mean),
+               "best_p_best": float(best.p_best), "n_children": len(runs_df)}
+    if np.isfinite(verdict.get("lead_lo", np.nan)):
+        metrics["best_lead_lo"] = float(verdict["lead_lo"])
+    parent.log_metrics(metrics)
+    parent.set_tags({"segnet.best_variant": verdict.get("winner") or "none",
+                     "segnet.best_mean_variant": best.variant})
     if register:
         _register_best(parent, best, runs_df, register)
 

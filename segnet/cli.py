@@ -9,6 +9,7 @@
     python -m segnet predict (--run-id ID | --model models:/NAME@ALIAS) --images DIR --out submission.csv [--tta]
     python -m segnet register --run-id ID [--name segnet-tgs] [--alias champion]
     python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [key=value ...]
+    python -m segnet cv [--config FILE] [--jobs N] [--resume ID] [key=value ...]
     python -m segnet bench [--quick] [--levers] [--out FILE]
     python -m segnet ui [--host H] [--port P]
 
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
     ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    cv = with_config(sub.add_parser("cv", help="k-fold cross-validation: one child run per fold, the "
+                                    "out-of-fold score, a fold ensemble; prints cv_run_id: <id>"))
+    cv.add_argument("--jobs", type=int, default=1, help="folds trained in parallel")
+    cv.add_argument("--resume", default=None, help="cv_run_id to resume (default: same config hash)")
     rg = sub.add_parser("register", help="register a run's logged model in the MLflow model registry")
     rg.add_argument("--run-id", required=True)
     rg.add_argument("--name", default="segnet-tgs", help="registered model name (default segnet-tgs)")
@@ -211,6 +216,12 @@ def _ablate(args) -> None:
     ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
 
 
+def _cv(args) -> None:
+    from segnet.cv import cv
+
+    cv(args.config, args.overrides, jobs=args.jobs, resume=args.resume)
+
+
 def _compare(args) -> None:
     from segnet.ablate import compare
 
@@ -230,4 +241,4 @@ def _ui(args) -> int:
 
 
 _COMMANDS = {"data": _data, "shapes": _shapes, "train": _train, "evaluate": _evaluate, "predict": _predict,
-             "register": _register, "ablate": _ablate, "compare": _compare, "bench": _bench, "ui": _ui}
+             "register": _register, "ablate": _ablate, "cv": _cv, "compare": _compare, "bench": _bench, "ui": _ui}

@@ -29,7 +29,8 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     """Every number and picture of one model on one set of images (101x101 in, truth at 101x101).
 
     ``threshold`` None: searched on these images (when eval.threshold_search), else the given one.
-    Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure}}.
+    Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure},
+    "probabilities": (N,101,101) float32 salt probabilities (flip TTA when eval.tta)}.
     """
     from segnet.data.pipeline import from_network, to_network
     from segnet.inference import predict_logits, probabilities_from_logits
@@ -75,7 +76,7 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
 
     figures = _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const["maps"], threshold,
                        cfg.eval.overlays)
-    return {"metrics": metrics, "scores": scores, "figures": figures}
+    return {"metrics": metrics, "scores": scores, "figures": figures, "probabilities": probs}
 
 
 def _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const_maps, threshold: float,
@@ -83,12 +84,20 @@ def _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const_ma
     """The pictures of one evaluation: spectra, constant responses, worst and best overlays."""
     from segnet import plots
 
-    order = np.argsort(scores["tgs"].to_numpy() + 1e-3 * scores["iou"].to_numpy(), kind="stable")
-    k = max(1, overlays // 2)
-    figures = {
+    return {
         "plots/spectra.png": plots.plot_spectra(logits_plain, masks_net),
         "plots/const_response.png": plots.plot_const_response(const_maps),
+        **_overlays(images, truth, pred, ids, scores, threshold, overlays),
     }
+
+
+def _overlays(images, truth, pred, ids, scores, threshold: float, overlays: int) -> dict:
+    """Overlays of the worst and best images by tgs score (then iou)."""
+    from segnet import plots
+
+    order = np.argsort(scores["tgs"].to_numpy() + 1e-3 * scores["iou"].to_numpy(), kind="stable")
+    k = max(1, overlays // 2)
+    figures = {}
     for name, sel in (("worst", order[:k]), ("best", order[::-1][:k])):
         figures[f"plots/overlays_{name}.png"] = plots.plot_overlays(
             images[sel, ..., 0], truth[sel], pred[sel], [ids[i] for i in sel],
@@ -101,13 +110,60 @@ def evaluate_and_log(run, model, cfg: Config, spec, images, masks, ids, prefix: 
                      threshold: float | None = None) -> dict:
     """evaluate_model, then log its metrics (with ``prefix``), per-image scores and figures to ``run``."""
     out = evaluate_model(model, cfg, spec, images, masks, ids, threshold=threshold)
-    metrics = {f"{prefix}{k}": v for k, v in out["metrics"].items()}
-    run.log_metrics(metrics)
+    _log_evaluation(run, out, prefix)
+    if not prefix:  # a training run's validation fold: what `segnet cv` tunes its out-of-fold threshold on
+        log_probabilities(run, ids, out["probabilities"], "predictions/val_probs.npz")
+    return out["metrics"]
+
+
+def _log_evaluation(run, out: dict, prefix: str) -> None:
+    run.log_metrics({f"{prefix}{k}": v for k, v in out["metrics"].items()})
     folder = "eval/" if prefix else ""
     run.log_dataframe(out["scores"], "eval/predictions/scores.csv" if prefix else "predictions/val_scores.csv")
     for path, fig in out["figures"].items():
         run.log_figure(fig, f"{folder}{path}")
-    return out["metrics"]
+
+
+def log_probabilities(run, ids, probs: np.ndarray, artifact_file: str) -> None:
+    """``ids`` and their (N,101,101) salt probabilities as float16 in a compressed .npz artifact."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        np.savez_compressed(path, ids=np.asarray([str(i) for i in ids]), probs=np.asarray(probs, np.float16))
+        parent = str(Path(artifact_file).parent)
+        run.log_artifact(path, None if parent == "." else parent)
+
+
+def read_probabilities(path) -> tuple[list[str], np.ndarray]:
+    """What ``log_probabilities`` wrote: the ids and (N,101,101) float32 probabilities."""
+    with np.load(path) as z:
+        return [str(i) for i in z["ids"]], z["probs"].astype(np.float32)
+
+
+def evaluate_ensemble(predictor, images: np.ndarray, masks: np.ndarray, ids: list[str], overlays: int) -> dict:
+    """A fold ensemble (``inference.EnsemblePredictor``) on labelled images, at its threshold (the
+    out-of-fold one): the quality metrics of ``evaluate_model`` from the mean logits at 101x101, the
+    per-image scores and the overlays. The artifact metrics belong to one network: see each fold's run."""
+    from segnet.metrics import segmentation
+
+    probs = predictor.probabilities(images, progress=True)
+    truth = masks[..., 0] > 0.5
+    pred = probs > predictor.threshold
+    scores = segmentation.score_table(ids, truth, pred)
+    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
+    metrics = {
+        "val_tgs_map_tta" if predictor.tta else "val_tgs_map_plain": segmentation.tgs_map(truth, probs > 0.5),
+        "val_tgs_map_tuned": float(scores["tgs"].mean()),
+        "val_iou_tuned": float(scores["iou"].mean()),
+        "val_dice_tuned": segmentation.dice(truth, pred),
+        "val_pixel_iou_tuned": segmentation.pixel_iou(truth, pred),
+        "best_threshold": float(predictor.threshold),
+        "ensemble_models": float(len(predictor.members)),
+    }
+    figures = _overlays(images, truth, pred, ids, scores, predictor.threshold, overlays)
+    return {"metrics": metrics, "scores": scores, "figures": figures}
 
 
 def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -115,16 +171,25 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
 
     On the dataset the run was trained on, the run's validation fold is used; on any other dataset
     (the real TGS folder, say) every image is. The run's tuned threshold is kept, never re-tuned on
-    the data being evaluated.
+    the data being evaluated. A `segnet cv` run is evaluated as its fold ensemble (the mean of the fold
+    models' logits, the out-of-fold threshold), on another labelled folder only: every image of its own
+    data trained some fold model (its out-of-fold score is the run's ``oof_tgs_map``).
     """
     from segnet import tracking
     from segnet.data import load_dataset
     from segnet.data.folds import split
-    from segnet.runs import load_run
+    from segnet.errors import SegnetError
+    from segnet.runs import load_run, run_config
 
+    uri, info, cfg = run_config(run_id, overrides)
+    data = load_dataset(cfg)  # before the models load: a wrong folder fails in a second
+    trained_on = info.data.tags.get("segnet.data_fingerprint")
+    is_cv = info.data.tags.get("segnet.role") == "cv"
+    if is_cv and data.fingerprint == trained_on:
+        raise SegnetError(f"cv run '{run_id}' trained its fold models on every image of {data.dir}, so its "
+                          "fold ensemble cannot be scored there (its out-of-fold score is the run's "
+                          "oof_tgs_map); give another labelled folder: data.dir=<folder>")
     tr = load_run(run_id, overrides)
-    data = load_dataset(tr.cfg)
-    trained_on = tracking.get_run(tr.uri, run_id).data.tags.get("segnet.data_fingerprint")
     if data.fingerprint == trained_on:
         d = tr.cfg.data
         _, idx = split(data.ids, data.masks, n_folds=d.n_folds, fold=d.fold, seed=d.fold_seed)
@@ -132,13 +197,21 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     else:
         idx = np.arange(len(data.ids))
         subset = "all images"
-    print(f"evaluate: run {run_id} on {data.dir} ({data.kind}, {subset}: {len(idx)} images)", flush=True)
+    what = (f"the fold ensemble of cv run {run_id} ({len(tr.members)} fold models, out-of-fold threshold "
+            f"{tr.threshold:.2f})" if is_cv else f"run {run_id}")
+    print(f"evaluate: {what} on {data.dir} ({data.kind}, {subset}: {len(idx)} images)", flush=True)
     run = tracking.Run(tr.uri, run_id)
     run.set_tags({"segnet.eval_dataset": data.kind, "segnet.eval_data_fingerprint": data.fingerprint,
                   "segnet.eval_data_dir": str(data.dir), "segnet.eval_subset": subset})
     tracking.log_evaluation_input(run, data, tr.cfg, idx, same_data=data.fingerprint == trained_on)
-    metrics = evaluate_and_log(run, tr.model, tr.cfg, tr.spec, data.images[idx], data.masks[idx],
-                               [data.ids[i] for i in idx], prefix="eval_", threshold=tr.threshold)
+    images, masks, ids = data.images[idx], data.masks[idx], [data.ids[i] for i in idx]
+    if is_cv:
+        out = evaluate_ensemble(tr.predictor(), images, masks, ids, tr.cfg.eval.overlays)
+        _log_evaluation(run, out, "eval_")
+        metrics = out["metrics"]
+    else:
+        metrics = evaluate_and_log(run, tr.model, tr.cfg, tr.spec, images, masks, ids, prefix="eval_",
+                                   threshold=tr.threshold)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"  eval_{k:<{width}} {v:.4f}")

@@ -11,7 +11,8 @@ exactly the same numbers:
 4. ``sigmoid`` (overflow-free) for probabilities, ``> threshold`` for masks.
 
 Large image sets go through in chunks, so memory stays bounded whatever the number of images.
-No MLflow here; TensorFlow only through the model passed in.
+``EnsemblePredictor`` is several Predictors as one (the fold models of a `segnet cv` run): the mean of
+their 101x101 logits, then one threshold. No MLflow here; TensorFlow only through the models passed in.
 """
 
 from __future__ import annotations
@@ -50,8 +51,29 @@ def as_images(x) -> np.ndarray:
     return a
 
 
+class _FromLogits:
+    """Probabilities and masks from a ``logits(images, progress)`` method and a ``threshold``."""
+
+    def probabilities(self, images, progress: bool = False) -> np.ndarray:
+        """(N,101,101) float32 salt probabilities in [0,1]."""
+        return sigmoid(self.logits(images, progress=progress))
+
+    def masks(self, images, threshold: float | None = None, progress: bool = False) -> np.ndarray:
+        """(N,101,101) bool masks: probability > ``threshold`` (default: the run's)."""
+        t = self.threshold if threshold is None else float(threshold)
+        return self.probabilities(images, progress=progress) > t
+
+
+def _progress(total: int, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="predict", unit="img")
+
+
 @dataclass
-class Predictor:
+class Predictor(_FromLogits):
     """A trained Keras model with the way its run maps images to it.
 
     ``size`` / ``resize_mode``: the run's data.size / data.resize_mode; ``tta``: horizontal-flip TTA
@@ -76,11 +98,7 @@ class Predictor:
         """(N,101,101) float32 logits, mapped back from the network size, in chunks."""
         x = as_images(images)
         out = np.zeros(x.shape[:3], dtype=np.float32)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(x), desc="predict", unit="img")
+        bar = _progress(len(x), progress)
         step = max(1, int(self.chunk))
         for i in range(0, len(x), step):
             part = to_network(x[i : i + step], self.size, self.resize_mode)
@@ -92,11 +110,30 @@ class Predictor:
             bar.close()
         return out
 
-    def probabilities(self, images, progress: bool = False) -> np.ndarray:
-        """(N,101,101) float32 salt probabilities in [0,1]."""
-        return sigmoid(self.logits(images, progress=progress))
 
-    def masks(self, images, threshold: float | None = None, progress: bool = False) -> np.ndarray:
-        """(N,101,101) bool masks: probability > ``threshold`` (default: the run's)."""
-        t = self.threshold if threshold is None else float(threshold)
-        return self.probabilities(images, progress=progress) > t
+@dataclass
+class EnsemblePredictor(_FromLogits):
+    """Several Predictors as one: the mean of their 101x101 logits (each with its own size, mapping and
+    flip TTA), then ``threshold`` (a `segnet cv` run's out-of-fold threshold)."""
+
+    members: list[Predictor]
+    threshold: float = 0.5
+
+    @property
+    def tta(self) -> bool:
+        return all(m.tta for m in self.members)
+
+    def logits(self, images, progress: bool = False) -> np.ndarray:
+        """(N,101,101) float32: the mean of the members' logits, in chunks."""
+        x = as_images(images)
+        out = np.zeros(x.shape[:3], dtype=np.float32)
+        bar = _progress(len(x), progress)
+        step = max(1, min(int(m.chunk) for m in self.members))
+        for i in range(0, len(x), step):
+            part = x[i : i + step]
+            out[i : i + len(part)] = np.mean([m.logits(part) for m in self.members], axis=0)
+            if bar is not None:
+                bar.update(len(part))
+        if bar is not None:
+            bar.close()
+        return out

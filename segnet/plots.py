@@ -7,10 +7,14 @@ Table inputs (pandas DataFrames; the ablation and bench code write these columns
 
 * :func:`plot_ablation`: ``variant, tgs_map_mean, tgs_map_std`` and, when present,
   ``artifact_periodic_energy_mean``, ``artifact_const_response_mean`` (optional ``_std`` columns
-  give error bars there too). ``tgs_map_*`` is the mean/std over seeds of ``best_val_tgs_map``.
+  give error bars there too). ``tgs_map_*`` is the mean/std over replicates (seeds, folds) of
+  ``best_val_tgs_map``; ``final_mean, final_std`` (else ``tgs_map_tuned_*``) the final score's, drawn
+  beside it; with ``significant`` and ``interval`` the final bars are marked ``*`` / ``**``.
 * :func:`plot_bootstrap_ci`: ``variant, diff_mean, diff_lo, diff_hi`` — the paired-bootstrap CI of
-  the variant's tgs_map minus the reference's (the reference row may have NaN or zeros; it is drawn
-  as the zero line and labelled "(reference)" when ``reference=`` is given).
+  the variant's final score minus the reference's (the reference row may have NaN or zeros; it is drawn
+  as the zero line and labelled "(reference)" when ``reference=`` is given). Optional ``interval``
+  (``images`` | ``images+training``: a dotted segment covers image sampling only, a solid one training
+  noise too) and ``p_best`` (shown in the labels).
 * :func:`plot_bench`: ``model, train_images_per_s, infer_images_per_s``.
 """
 
@@ -276,13 +280,22 @@ def plot_ablation(
     axes = axes[0]
     colors = ["tab:orange" if n == reference else "tab:blue" for n in names]
     mean, std = _col(df, "tgs_map_mean"), np.nan_to_num(_col(df, "tgs_map_std", 0.0))
-    if "tgs_map_tuned_mean" in df.columns:  # best epoch (threshold 0.5) beside the final evaluation
-        final, fstd = _col(df, "tgs_map_tuned_mean"), np.nan_to_num(_col(df, "tgs_map_tuned_std", 0.0))
+    fcol = "final" if "final_mean" in df.columns else "tgs_map_tuned"
+    note = ""
+    if f"{fcol}_mean" in df.columns:  # best epoch (threshold 0.5) beside the final evaluation
+        final, fstd = _col(df, f"{fcol}_mean"), np.nan_to_num(_col(df, f"{fcol}_std", 0.0))
         axes[0].bar(x - 0.2, mean, 0.4, yerr=std, capsize=3, color=colors, label="best epoch (t=0.5)")
         axes[0].bar(x + 0.2, final, 0.4, yerr=fstd, capsize=3, color=colors, alpha=0.55, hatch="//",
                     label="final (flip TTA, tuned t)")
         axes[0].legend(loc="lower right", fontsize=8)
         both, both_std = np.concatenate([mean, final]), np.concatenate([std, fstd])
+        if {"significant", "interval"} <= set(df.columns):  # the final-score difference to the reference
+            for xi, f, e, sig, kind in zip(x, final, fstd, df["significant"], df["interval"], strict=True):
+                if bool(sig) and np.isfinite(f):
+                    axes[0].text(xi + 0.2, f + e, "**" if kind == "images+training" else "*", ha="center",
+                                 va="bottom", fontsize=9)
+            note = ("\n* final differs from the reference beyond image sampling noise (one replicate); "
+                    "** beyond image and training noise (hierarchical bootstrap 95%)")
     else:
         axes[0].bar(x, mean, yerr=std, capsize=4, color=colors)
         both, both_std = mean, std
@@ -290,7 +303,7 @@ def plot_ablation(
     if ok.any():
         lo = max(0.0, float(np.min(both[ok] - both_std[ok])) - 0.05)
         axes[0].set_ylim(lo, min(1.0, float(np.max(both[ok] + both_std[ok])) + 0.03))
-    axes[0].set_title("val TGS mAP (mean ± std over seeds)")
+    axes[0].set_title("val TGS mAP (mean ± std over " + ("replicates)" if "replicates" in df.columns else "seeds)"))
     axes[0].set_ylabel("tgs_map")
     for ax, c in zip(axes[1:], art, strict=True):
         std_c = c[: -len("_mean")] + "_std"
@@ -301,31 +314,45 @@ def plot_ablation(
     for ax in axes:
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title or "Decoder ablation")
+    fig.suptitle((title or "Decoder ablation") + note, fontsize=10 if note else None)
     return _finish(fig, path)
 
 
 def plot_bootstrap_ci(
     df, path: str | Path | None = None, title: str | None = None, reference: str | None = None
 ) -> Figure:
-    """Forest plot: paired-bootstrap CI of each variant's tgs_map difference vs the reference."""
+    """Forest plot: paired-bootstrap CI of each variant's final-score difference vs the reference; a
+    dotted segment is an interval of image sampling only (one replicate), a solid one includes training noise."""
+    from matplotlib.lines import Line2D
+
     d = df.reset_index(drop=True)
     names = d["variant"].astype(str).tolist()
     mean, lo, hi = _col(d, "diff_mean"), _col(d, "diff_lo"), _col(d, "diff_hi")
+    kinds = d["interval"].astype(str).tolist() if "interval" in d.columns else [""] * len(d)
     y = np.arange(len(names))[::-1]
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.45 * max(len(names), 1)), constrained_layout=True)
     ax.axvline(0.0, color="gray", ls="--", lw=1)
-    for yi, m, a, b in zip(y, mean, lo, hi, strict=True):
+    for yi, m, a, b, kind in zip(y, mean, lo, hi, kinds, strict=True):
         if not np.isfinite(m):
             continue
         sig = np.isfinite(a) and np.isfinite(b) and (a > 0 or b < 0)
         color = "tab:green" if sig and m > 0 else "tab:red" if sig else "tab:blue"
         if np.isfinite(a) and np.isfinite(b):
-            ax.plot([a, b], [yi, yi], color=color, lw=2)
+            ax.plot([a, b], [yi, yi], color=color, lw=2, ls=":" if kind == "images" else "-")
         ax.plot([m], [yi], "o", color=color)
     labels = [f"{n} (reference)" if n == reference else n for n in names]
+    if "p_best" in d.columns:
+        labels = [f"{lab}  p_best {p:.2f}" if np.isfinite(p) else lab
+                  for lab, p in zip(labels, _col(d, "p_best"), strict=True)]
     ax.set_yticks(y, labels)
-    ax.set_xlabel("Δ final tgs score vs reference (flip TTA, tuned threshold; paired bootstrap 95% CI)")
+    present = {k for k, n in zip(kinds, names, strict=True) if n != reference and k}
+    if present:
+        ax.legend(handles=[Line2D([], [], color="gray", lw=2, ls=":" if k == "images" else "-",
+                                  label="images only (1 replicate)" if k == "images" else "images + training")
+                           for k in sorted(present)], loc="best", fontsize=8, title="interval covers",
+                  title_fontsize=8)
+    ax.set_xlabel("Δ final tgs score vs reference (flip TTA, tuned threshold; hierarchical paired "
+                  "bootstrap 95% CI)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title or "Difference to the reference decoder")
     return _finish(fig, path)

@@ -1,9 +1,14 @@
-"""A finished training run, read back from MLflow: its config, its best model, its threshold."""
+"""A finished training run, read back from MLflow: its config, its best model, its threshold.
+
+A `segnet cv` parent reads back as its fold ensemble: its config, the fold runs (``members``, each a
+TrainedRun) and the threshold tuned on the out-of-fold probabilities; ``TrainedRun.predictor()`` averages
+the fold models' logits.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import yaml
@@ -21,20 +26,40 @@ class TrainedRun:
     model: object
     threshold: float
     spec: object
+    members: list[TrainedRun] = field(default_factory=list)  # a cv run: its fold runs (``model`` is None)
+
+    def predictor(self, tta: bool | None = None):
+        """An ``inference.Predictor`` of the model with the run's settings and threshold; for a cv run an
+        ``EnsemblePredictor``: the mean of the fold models' logits (each with flip TTA when ``tta``,
+        default the run's eval.tta) and the out-of-fold threshold."""
+        from segnet.inference import EnsemblePredictor, Predictor
+
+        tta = self.cfg.eval.tta if tta is None else bool(tta)
+        if self.members:
+            return EnsemblePredictor([m.predictor(tta) for m in self.members], self.threshold)
+        return Predictor.from_config(self.model, self.cfg, self.threshold, tta=tta)
+
+
+def run_config(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, object, Config]:
+    """The store, the MLflow run and its resolved config (with ``overrides``), without loading a model."""
+    uri = store_uri(overrides)
+    info = tracking.get_run(uri, run_id)  # before TensorFlow is imported: a wrong id fails fast and quietly
+    with tempfile.TemporaryDirectory() as tmp:
+        text = tracking.download_artifact(uri, run_id, "config.yaml", tmp).read_text()
+    return uri, info, config_from_yaml(text, overrides, where=f"run {run_id} config.yaml")
 
 
 def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
-    """The run's resolved config (with ``overrides``), its best model and its tuned threshold.
+    """The run's resolved config (with ``overrides``), its best model and its tuned threshold; for a
+    `segnet cv` run, its fold runs and the out-of-fold threshold.
 
     The store is ``$MLFLOW_TRACKING_URI``, else a ``tracking.uri=`` override, else the default store.
     """
-    uri = store_uri(overrides)
-    info = tracking.get_run(uri, run_id)  # before TensorFlow is imported: a wrong id fails fast and quietly
+    uri, info, cfg = run_config(run_id, overrides)
+    if info.data.tags.get("segnet.role") == "cv":
+        return _load_cv(uri, info, cfg, overrides)
     from segnet.models.decoders import resolve_decoder
 
-    with tempfile.TemporaryDirectory() as tmp:
-        text = tracking.download_artifact(uri, run_id, "config.yaml", tmp).read_text()
-    cfg = config_from_yaml(text, overrides, where=f"run {run_id} config.yaml")
     local = paths.RUNS_DIR / run_id / "best.keras"
     if cfg.tracking.log_model:
         model = tracking.load_logged_model(uri, run_id)
@@ -53,6 +78,18 @@ def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> Traine
         raise SegnetError(f"run '{run_id}' has no best_threshold: it did not finish training")
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
     return TrainedRun(run_id, uri, cfg, model, float(threshold), spec)
+
+
+def _load_cv(uri: str, info, cfg: Config, overrides) -> TrainedRun:
+    """A cv parent: the fold runs it scored out of fold (tag ``segnet.cv_folds``), each loaded alone."""
+    run_id = info.info.run_id
+    folds = info.data.tags.get("segnet.cv_folds")
+    threshold = info.data.metrics.get("oof_threshold")
+    if not folds or threshold is None:
+        raise SegnetError(f"cv run '{run_id}' has no fold ensemble: it did not finish (run the same "
+                          f"`segnet cv` again, or `segnet cv --resume {run_id}`)")
+    members = [load_run(fold_id, overrides) for fold_id in folds.split(",")]
+    return TrainedRun(run_id, uri, cfg, None, float(threshold), members[0].spec, members)
 
 
 def store_uri(overrides: list[str] | tuple[str, ...] = ()) -> str:

@@ -120,14 +120,17 @@ def _config_runs(cfg: Config, uri: str) -> list:
                               max_results=1000)
 
 
-def find_resumable(cfg: Config, uri: str) -> tuple[str, locks.RunLock] | None:
-    """The latest unfinished run of this exact config that left a resume state, locked for us.
+def find_resumable(cfg: Config, uri: str, parent_run_id: str | None = None) -> tuple[str, locks.RunLock] | None:
+    """The latest unfinished run of this exact config under the same parent (none for a plain
+    training) that left a resume state, locked for us. A CV fold never takes over a plain training of
+    the same fold, nor the reverse.
 
     A run whose owner is alive is never taken over: a one-line error says who holds it.
     """
     for r in _config_runs(cfg, uri):
         rdir = run_dir(r.info.run_id)
-        if r.info.status != "FINISHED" and (rdir / "state.json").exists():
+        same_parent = r.data.tags.get("mlflow.parentRunId") == parent_run_id
+        if same_parent and r.info.status != "FINISHED" and (rdir / "state.json").exists():
             return r.info.run_id, locks.lock_run(rdir, f"run {r.info.run_id} of this config")
     return None
 
@@ -153,7 +156,7 @@ def open_run(cfg: Config, uri: str, data, parent_run_id: str | None, extra_tags:
     from segnet import tracking
 
     _check_runs_dir()
-    found = find_resumable(cfg, uri) if cfg.train.resume else None
+    found = find_resumable(cfg, uri, parent_run_id) if cfg.train.resume else None
     if cfg.train.resume and found is None:
         log("resume: no interrupted run of this config was found; starting a new run")
     if found:

@@ -67,18 +67,107 @@ def test_paired_bootstrap_known_answers():
     assert lo > 0
 
 
-def test_summary_table_shows_the_final_scores_the_interval_compares():
-    import pandas as pd
+SUMMARY_COLUMNS = ["variant", "replicates", "final_mean", "final_std", "diff_mean", "diff_lo", "diff_hi", "interval",
+                   "significant", "p_best",
+                   *[f"{k}_{s}" for k in [*SUMMARY_METRICS, "train_images_per_s", "epoch_time_s"] for s in ("mean", "std")]]
 
+
+def test_summary_table_shows_the_final_scores_the_interval_compares():
     row = {f"{k}_{s}": 0.0 for k in [*SUMMARY_METRICS, "train_images_per_s", "epoch_time_s"] for s in ("mean", "std")}
-    ref = {**row, "variant": "a", "seeds": 1, "tgs_map_mean": 0.70, "tgs_map_tuned_mean": 0.7358,
-           "diff_mean": 0.0, "diff_lo": 0.0, "diff_hi": 0.0, "significant": False}
-    other = {**ref, "variant": "b", "tgs_map_mean": 0.7317, "tgs_map_tuned_mean": 0.7958,
-             "diff_mean": 0.06, "diff_lo": 0.0337, "diff_hi": 0.0888, "significant": True}
-    table = summary_markdown(pd.DataFrame([ref, other])).splitlines()
-    assert "| final | final - ref [95% CI] |" in table[0]
-    assert "| 0.7958 ± 0.0000 | +0.0600 [+0.0337, +0.0888] ** |" in table[3]
-    assert "| 0.7358 ± 0.0000 | reference |" in table[2]
+    ref = {**row, "variant": "a", "replicates": 1, "tgs_map_mean": 0.70, "final_mean": 0.7358, "final_std": 0.0,
+           "diff_mean": 0.0, "diff_lo": 0.0, "diff_hi": 0.0, "interval": "images", "significant": False,
+           "p_best": 0.0}
+    other = {**ref, "variant": "b", "tgs_map_mean": 0.7317, "final_mean": 0.7958,
+             "diff_mean": 0.06, "diff_lo": 0.0337, "diff_hi": 0.0888, "significant": True, "p_best": 1.0}
+    seeded = {**other, "variant": "c", "replicates": 3, "final_std": 0.05, "interval": "images+training"}
+    noisy = {**seeded, "variant": "d", "diff_lo": -0.01, "significant": False}
+    table = summary_markdown(pd.DataFrame([ref, other, seeded, noisy])).splitlines()
+    assert "| variant | replicates | tgs_map | val_iou | final | final - ref [95% CI] | covers | p_best |" in table[0]
+    assert "| 0.7358 ± 0.0000 | reference | images | 0.00 |" in table[2]
+    assert "| 0.7958 ± 0.0000 | +0.0600 [+0.0337, +0.0888] * | images | 1.00 |" in table[3]  # images only: *
+    assert "| 0.7958 ± 0.0500 | +0.0600 [+0.0337, +0.0888] ** | images+training | 1.00 |" in table[4]
+    assert "| +0.0600 [-0.0100, +0.0888] | images+training |" in table[5]  # includes 0: no mark
+    text = "\n".join(table[6:])
+    assert "** the interval excludes 0 and includes training noise; * it excludes 0 for image sampling only" in text
+
+
+def _fake_ablation(monkeypatch, per_run: dict):
+    """``summarize`` over fake finished child runs: {(variant, seed, fold or None): per-image scores}."""
+    from types import SimpleNamespace as NS
+
+    from segnet import ablate, tracking
+
+    runs = []
+    for k, ((v, seed, fold), scores) in enumerate(per_run.items()):
+        tags = {"segnet.variant": v, "segnet.seed": str(seed), **({"segnet.fold": str(fold)} if fold is not None else {})}
+        metrics = {m: float(np.mean(scores)) for m in SUMMARY_METRICS.values()}
+        runs.append(NS(info=NS(run_id=f"{k:032x}", status="FINISHED"),
+                       data=NS(tags=tags, metrics=metrics, params={"data.fold": "0"})))
+    scores = {r.info.run_id: s for r, s in zip(runs, per_run.values(), strict=True)}
+    monkeypatch.setattr(tracking, "find_runs", lambda *a, **k: list(reversed(runs)))  # newest first, as MLflow
+    monkeypatch.setattr(tracking, "client", lambda uri: NS(get_metric_history=lambda run_id, m: []))
+    monkeypatch.setattr(ablate, "_val_scores", lambda uri, run_id, tmp: scores[run_id])
+    variants = list(dict.fromkeys(v for v, _, _ in per_run))
+    p = NS(experiment="test", variants=variants, bootstrap=500, children=[NS(cfg=NS(data=NS(fold=0)))])
+    return ablate.summarize("sqlite://", p, "parent")
+
+
+def test_summary_csv_columns_replicates_and_verdict(monkeypatch):
+    """Each finished child is one replicate (its fold from the tag ``segnet.fold``); summary.csv has
+    exactly the documented columns; the winner is named only when its lead survives the intervals."""
+    from types import SimpleNamespace as NS
+
+    from segnet import ablate, plots
+
+    ids = [f"im{i}" for i in range(200)]
+    base = np.random.default_rng(0).uniform(0.3, 0.9, 200)
+    s = lambda x: pd.Series(x, index=ids)  # noqa: E731
+    summary, runs_df = _fake_ablation(monkeypatch, {
+        ("ref", 42, None): s(base), ("ref", 43, None): s(base + 0.01),
+        ("best", 42, None): s(base + 0.10), ("best", 43, None): s(base + 0.12),
+        ("wild", 42, None): s(base + 0.25), ("wild", 43, None): s(base - 0.20),
+    })
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary.variant) == ["ref", "best", "wild"] and list(summary.replicates) == [2, 2, 2]
+    assert set(summary.interval) == {"images+training"} and list(runs_df.fold) == [0] * 6
+    row = summary.set_index("variant")
+    assert row.significant["best"] and not row.significant["wild"]  # wild's seeds disagree: no evidence
+    assert row.final_mean["best"] == pytest.approx(base.mean() + 0.11)
+    verdict = summary.attrs["verdict"]
+    assert verdict["winner"] is None and verdict["best"] == "best" and verdict["runner_up"] == "wild"
+    assert "no variant is distinguishable" in summary_markdown(summary)
+
+    logged = {}
+    parent = NS(log_dataframe=lambda df, f: logged.setdefault(f, df), log_text=lambda t, f: logged.setdefault(f, t),
+                log_figure=lambda fig, f: plots.plt.close(fig), log_metrics=logged.update,
+                set_tags=lambda t: logged.setdefault("tags", t))
+    ablate._log_summary(parent, summary, runs_df, 1.0)
+    assert logged["tags"] == {"segnet.best_variant": "none", "segnet.best_mean_variant": "best"}
+    assert logged["best_final_mean"] == pytest.approx(base.mean() + 0.11) and logged["best_lead_lo"] < 0
+
+    # without the wild variant, best's lead survives: it is named; folds from the tag, one seed each
+    summary, runs_df = _fake_ablation(monkeypatch, {
+        ("ref", 42, 0): s(base).iloc[:100], ("ref", 42, 1): s(base).iloc[100:],
+        ("best", 42, 0): s(base + 0.1).iloc[:100], ("best", 42, 1): s(base + 0.1).iloc[100:],
+    })
+    assert list(runs_df.fold) == [0, 1, 0, 1] and list(summary.replicates) == [2, 2]
+    assert list(summary.interval) == ["images", "images"]  # one seed per fold: image sampling only
+    assert summary.attrs["verdict"]["winner"] == "best" and summary.attrs["verdict"]["n_images"] == 200
+    logged.clear()
+    ablate._log_summary(parent, summary, runs_df, 1.0)
+    assert logged["tags"]["segnet.best_variant"] == "best"
+    assert "best variant: best, its lead over every other variant survives" in logged["summary.md"]
+
+    # the charts say which interval it is: dotted and "images only", a * over the final bar
+    fig = plots.plot_bootstrap_ci(summary, reference="ref")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["images only (1 replicate)"]
+    assert ax.get_lines()[1].get_linestyle() == ":"  # best's interval segment
+    assert [t.get_text() for t in ax.get_yticklabels()][1].endswith("p_best 1.00")
+    fig2 = plots.plot_ablation(summary, reference="ref")
+    assert [t.get_text() for t in fig2.axes[0].texts] == ["*"] and "one replicate" in fig2._suptitle.get_text()
+    plots.plt.close(fig)
+    plots.plt.close(fig2)
 
 
 def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path):
@@ -99,7 +188,9 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
     client = MlflowClient(uri)
     summary = pd.read_csv(client.download_artifacts(parent_id, "summary.csv", str(tmp_path)))
     assert list(summary.variant) == ["transposed_k3", "upsampling_nearest"]
+    assert list(summary.columns) == SUMMARY_COLUMNS
     assert summary.loc[1, "diff_lo"] <= summary.loc[1, "diff_mean"] <= summary.loc[1, "diff_hi"]
+    assert list(summary.interval) == ["images", "images"] and list(summary.replicates) == [1, 1]
 
     # The same interval from `segnet compare` on the two children (any finished runs can be compared).
     from segnet.tracking import find_runs
@@ -109,8 +200,10 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
     cmp = run(["compare", kids["transposed_k3"], kids["upsampling_nearest"], "--bootstrap", "200"], tmp_path)
     assert cmp.returncode == 0, cmp.stderr[-3000:]
     r = summary.loc[1]
-    assert (f"{kids['upsampling_nearest']}: final {r.tgs_map_tuned_mean:.4f}  diff {r.diff_mean:+.4f} "
-            f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]") in cmp.stdout, cmp.stdout
+    assert (f"{kids['upsampling_nearest']}: final {r.final_mean:.4f}  diff {r.diff_mean:+.4f} "
+            f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{' *' if r.significant else ''}  p_best {r.p_best:.2f}") in cmp.stdout, \
+        cmp.stdout
+    assert "covers image sampling only" in cmp.stdout
 
     first_wall = client.get_run(parent_id).data.metrics["wall_time_s"]
 
@@ -140,6 +233,9 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
         csv = rest_get(base, "/get-artifact", path="summary.csv", run_uuid=parent_id)["raw"]
         assert "transposed_k3" in csv and "diff_lo" in csv
         parent = rest_get(base, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]["data"]
-        best = summary.loc[summary.tgs_map_tuned_mean.idxmax(), "variant"]
-        assert {t["key"]: t["value"] for t in parent["tags"]}["segnet.best_variant"] == best
+        best = summary.loc[summary.final_mean.idxmax(), "variant"]
+        ptags = {t["key"]: t["value"] for t in parent["tags"]}
+        assert ptags["segnet.best_mean_variant"] == best
+        # two variants: the best one's lead survives exactly when the difference's interval excludes 0
+        assert ptags["segnet.best_variant"] == (best if summary.loc[1, "significant"] else "none")
         assert {m["key"] for m in parent["metrics"]} >= {"best_tgs_map_tuned_mean", "wall_time_s"}

@@ -145,3 +145,27 @@ def test_quick_profile_learns_the_synthetic_data(tmp_path, monkeypatch):
     result = train(load_config(None, [f"tracking.uri={uri}", "tracking.log_model=false"]))
     # Measured on 2 CPU cores (transposed, seed 42): best_val_tgs_map 0.748, tuned 0.785. Bound below it.
     assert result.metrics["best_val_tgs_map"] > 0.65
+
+
+def test_resume_only_takes_over_a_run_of_the_same_parent(tmp_path, monkeypatch):
+    """A CV fold (or ablation child) and a plain training of the same config never resume each other."""
+    from segnet import tracking
+    from segnet.train import find_resumable
+
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, ["tracking.experiment=test"])
+    parent = tracking.create_run(uri, "test", "cv", {})
+    child = tracking.create_run(uri, "test", "fold", {"segnet.config_hash": cfg.hash()}, parent_run_id=parent.run_id)
+    plain = tracking.create_run(uri, "test", "plain", {"segnet.config_hash": cfg.hash()})
+    for r in (child, plain):
+        (paths.RUNS_DIR / r.run_id).mkdir(parents=True)
+        (paths.RUNS_DIR / r.run_id / "state.json").write_text("{}")
+        r.end("KILLED")
+    found, lock = find_resumable(cfg, uri, parent.run_id)
+    lock.release()
+    assert found == child.run_id
+    found, lock = find_resumable(cfg, uri, None)
+    lock.release()
+    assert found == plain.run_id
+    assert find_resumable(cfg, uri, "another-parent") is None

@@ -1,0 +1,225 @@
+"""A parent MLflow run and its children, each a `segnet train` process: what `ablate` and `cv` share.
+
+* ``find_or_create_parent``: the parent run, found again by a hash of its children's configs (tag
+  ``segnet.<role>_hash``) or ``--resume ID``, else created; it is locked like a training run, so a
+  second `ablate` / `cv` of the same config is refused while the first one runs.
+* ``finished_children``: which children of a parent already finished (by variant, seed and fold).
+* ``run_children``: the scheduler. Each child is ``python -m segnet train … --parent-run-id P --tag
+  <id_tag>=P --tag segnet.seed=S --tag segnet.fold=F train.resume=true`` (``--jobs N`` at once), so a
+  crash of one cannot take the others down, a finished child is skipped and an interrupted one resumes
+  from its last epoch. Its output is printed line by line with its label, and a progress line follows
+  each child that ends. Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each
+  ends its run KILLED); a SIGKILLed parent takes its children with it (``cli._follow_parent``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segnet.config import Config
+from segnet.errors import SegnetError
+
+
+@dataclass
+class Child:
+    """One `segnet train` process of a parent: its config and the overrides that resolve exactly to it."""
+
+    variant: str
+    seed: int
+    cfg: Config
+    overrides: list[str]  # what `segnet train` needs, with the profile, to resolve exactly ``cfg``
+    fold: int | None = None  # None: the config's data.fold
+    label: str = ""  # how its output lines and progress lines name it; default "<variant> s<seed>"
+
+    def __post_init__(self) -> None:
+        if self.fold is None:
+            self.fold = self.cfg.data.fold
+        if not self.label:
+            self.label = f"{self.variant} s{self.seed}"
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.variant, self.seed, self.fold)
+
+
+@dataclass
+class ParentSpec:
+    """What a parent run is: ``role`` (tag ``segnet.role``; ``segnet.<role>_hash`` holds ``hash``), and
+    what a new one gets: a run name prefix, tags, params and text artifacts (file name -> text)."""
+
+    role: str
+    hash: str
+    experiment: str
+    name: str
+    tags: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    texts: dict = field(default_factory=dict)
+    resume_hint: str = "resume it with the same config and overrides"
+    who: str = ""  # the prefix of its progress lines; default the role
+
+    def __post_init__(self) -> None:
+        self.who = self.who or self.role
+
+    @property
+    def hash_tag(self) -> str:
+        return f"segnet.{self.role}_hash"
+
+
+def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
+    """The parent run (found by ``resume`` or the hash, else new) and its lock: a parent that is still
+    running elsewhere on this machine is refused, not joined."""
+    from segnet import locks, tracking
+    from segnet.train import _check_runs_dir, run_dir
+
+    _check_runs_dir()
+    if resume:
+        info = tracking.get_run(uri, resume)
+        if info.data.tags.get(spec.hash_tag) != spec.hash:
+            raise SegnetError(f"{spec.role} run '{resume}' was made from another {spec.role} config; "
+                              f"{spec.resume_hint}")
+        lock = locks.lock_run(run_dir(resume), f"{spec.role} {resume}")
+        return tracking.reopen_run(uri, resume), lock
+    found = tracking.find_runs(uri, spec.experiment, f"tags.`{spec.hash_tag}` = '{spec.hash}'")
+    found = [r for r in found if r.data.tags.get("segnet.role") == spec.role]
+    if found:
+        run_id = found[0].info.run_id
+        lock = locks.lock_run(run_dir(run_id), f"{spec.role} {run_id} (same config hash)")
+        print(f"{spec.who}: continuing {spec.role} {run_id} (same config hash)", flush=True)
+        return tracking.reopen_run(uri, run_id), lock
+    parent = tracking.create_run(uri, spec.experiment, f"{spec.name}-{time.strftime('%m%d-%H%M%S')}",
+                                 {"segnet.role": spec.role, spec.hash_tag: spec.hash, **spec.tags})
+    try:
+        lock = locks.try_lock(run_dir(parent.run_id))
+        parent.log_params(spec.params)
+        for name, text in spec.texts.items():
+            parent.log_text(text, name)
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    return parent, lock
+
+
+def fold_of(r) -> int:
+    """A child run's fold: its ``segnet.fold`` tag, else (children of older ablations) its data.fold param."""
+    return int(r.data.tags.get("segnet.fold", r.data.params.get("data.fold", 0)))
+
+
+def finished_children(uri: str, experiment: str, parent_id: str,
+                      id_tag: str = "segnet.ablation_id") -> set[tuple[str, int, int]]:
+    """(variant, seed, fold) of every child of the parent that finished training and its evaluation."""
+    from segnet import tracking
+
+    runs = tracking.find_runs(uri, experiment, f"tags.`{id_tag}` = '{parent_id}'", max_results=1000)
+    return {(r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]), fold_of(r))
+            for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics}
+
+
+def child_command(c: Child, profile: Path | None, parent_id: str, jobs: int = 1,
+                  id_tag: str = "segnet.ablation_id") -> list[str]:
+    """The `segnet train` command line of one child: its config resolves exactly as planned."""
+    argv = [sys.executable, "-m", "segnet", "train"]
+    if profile:
+        argv += ["--config", str(profile)]
+    argv += ["--parent-run-id", parent_id, "--tag", f"{id_tag}={parent_id}",
+             "--tag", f"segnet.seed={c.seed}", "--tag", f"segnet.fold={c.fold}"]
+    over = [*c.overrides, "train.resume=true"]
+    if jobs > 1 and c.cfg.train.threads == 0:
+        over.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")
+    return argv + over
+
+
+class ChildProcess:
+    """One child training in its own process; its output is printed line by line with its label."""
+
+    def __init__(self, c: Child, argv: list[str]):
+        self.child = c
+        self.label = c.label
+        env = {**os.environ, "SEGNET_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, env=env)
+        self.last_line = ""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            line = line.rstrip()
+            if line:
+                self.last_line = line
+                print(f"[{self.label}] {line}", flush=True)
+
+    def done(self) -> bool:
+        if self.proc.poll() is None:
+            return False
+        self.reader.join(timeout=5)
+        return True
+
+
+def run_children(todo: list[Child], profile: Path | None, parent_id: str, jobs: int,
+                 id_tag: str = "segnet.ablation_id", who: str = "ablate") -> list[str]:
+    """Train the children, ``jobs`` at a time, each as a `segnet train` process; returns the failures.
+
+    Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each ends its run
+    KILLED), waits for them, and re-raises; a SIGKILLed parent takes its children with it (see cli).
+    """
+    queue = list(todo)
+    running: list[ChildProcess] = []
+    failures: list[str] = []
+    t0, n_done = time.perf_counter(), 0
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                c = queue.pop(0)
+                print(f"{who}: [{len(todo) - len(queue)}/{len(todo)}] start {c.label}", flush=True)
+                running.append(ChildProcess(c, child_command(c, profile, parent_id, jobs, id_tag)))
+            time.sleep(0.2)
+            for cp in [cp for cp in running if cp.done()]:
+                running.remove(cp)
+                n_done += 1
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / n_done * (len(todo) - n_done)
+                status = "finished" if cp.proc.returncode == 0 else f"FAILED (exit {cp.proc.returncode})"
+                print(f"{who}: {cp.label} {status}; {n_done}/{len(todo)} done, "
+                      f"{len(running)} running, {len(queue)} pending, {elapsed / 60:.1f} min elapsed, "
+                      f"~{eta / 60:.1f} min left", flush=True)
+                if cp.proc.returncode != 0:
+                    failures.append(f"{cp.label}: {cp.last_line or 'no output'}")
+    except KeyboardInterrupt:
+        print(f"{who}: stopping {len(running)} running children ({len(queue)} not started)", flush=True)
+        stop(running)
+        raise
+    return failures
+
+
+def stop(running: list[ChildProcess], grace: float = 60.0) -> None:
+    """SIGTERM to each child, then wait (each ends its run KILLED); SIGKILL what outlives ``grace``."""
+    for cp in running:
+        with contextlib.suppress(ProcessLookupError):
+            cp.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for cp in running:
+        try:
+            cp.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            cp.proc.kill()
+            cp.proc.wait()
+
+
+def train_children(uri: str, experiment: str, parent_id: str, children: list[Child], profile: Path | None,
+                   jobs: int, id_tag: str = "segnet.ablation_id", who: str = "ablate") -> None:
+    """Train the children that have not finished yet (finished ones are kept); raise if any fails."""
+    done = finished_children(uri, experiment, parent_id, id_tag)
+    todo = [c for c in children if c.key not in done]
+    if len(todo) < len(children):
+        print(f"{who}: {len(children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
+    failures = run_children(todo, profile, parent_id, jobs, id_tag, who)
+    if failures:
+        raise SegnetError(f"{len(failures)} children failed: " + "; ".join(failures))

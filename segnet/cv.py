@@ -1,0 +1,179 @@
+"""Cross-validation: one `segnet train` child per fold under one parent run, the out-of-fold score, and
+the fold ensemble that `segnet predict` and `segnet evaluate` use through the parent's run id.
+
+The children (``data.fold=k`` for k in 0..data.n_folds-1, tags ``segnet.cv_id``, ``segnet.fold``) run
+under the scheduler of ``segnet.children``, as an ablation's do: ``--jobs N`` at once, Ctrl-C or SIGTERM
+stops them all, and the parent (tag ``segnet.role=cv``) is found again by a hash of the children's
+configs (or ``--resume ID``) and locked while it runs, so the same command restarts it: finished folds are
+kept, an interrupted one resumes from its last epoch.
+
+Out of fold: every child leaves its validation probabilities (``predictions/val_probs.npz``, flip TTA as
+evaluated); together they cover every image of the dataset once, and the threshold is tuned on all of
+them (``oof_threshold``), not per fold. ``oof/scores.csv`` scores each image at that threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segnet.children import Child, ParentSpec, find_or_create_parent, fold_of, train_children
+from segnet.config import Config, load_config
+from segnet.errors import ConfigError, SegnetError
+
+ID_TAG = "segnet.cv_id"  # the tag that names a child's cv parent
+SCORE_COLUMNS = ["id", "fold", "tgs", "iou", "coverage"]
+
+
+@dataclass
+class CVPlan:
+    base: Config  # the config of the parent (its data.fold is no fold's in particular)
+    children: list[Child]  # one per fold, in fold order
+    hash: str
+    profile: Path | None
+
+
+def plan(config_file: str | Path | None = None, overrides=()) -> CVPlan:
+    """Resolve (and so validate) every fold's config before any work."""
+    overrides = [str(o) for o in overrides]
+    base = load_config(config_file, overrides)
+    children = []
+    for k in range(base.data.n_folds):
+        over = [*overrides, f"data.fold={k}"]
+        cfg = load_config(config_file, over)
+        children.append(Child(cfg.variant(), cfg.train.seed, cfg, over, fold=k, label=f"fold {k}"))
+    h = hashlib.sha256(json.dumps(["cv", [c.cfg.hash() for c in children]]).encode()).hexdigest()[:12]
+    return CVPlan(base, children, h, Path(config_file) if config_file else None)
+
+
+def _parent_spec(p: CVPlan) -> ParentSpec:
+    cfg = p.base
+    return ParentSpec("cv", p.hash, cfg.tracking.experiment, f"cv-{cfg.variant()}",
+                      tags={"segnet.variant": cfg.variant(), "segnet.decoder": cfg.model.decoder},
+                      params={k: v for k, v in cfg.flat().items() if k != "data.fold"},
+                      texts={"config.yaml": cfg.to_yaml()},
+                      resume_hint="resume it with the same --config and overrides", who="cv")
+
+
+def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None) -> tuple[str, dict]:
+    """`segnet cv`: train the folds (those not finished yet), then score them out of fold on the parent.
+    Returns the parent's run id and its metrics."""
+    from segnet import tracking
+
+    p = plan(config_file, overrides)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1; got {jobs}")
+    uri = tracking.tracking_uri(p.base)
+    parent, lock = find_or_create_parent(uri, _parent_spec(p), resume)
+    print(f"cv_run_id: {parent.run_id}  ({len(p.children)} folds of {p.base.variant()}, hash {p.hash})", flush=True)
+
+    # A restarted cv adds its time to the time the earlier invocations spent.
+    t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
+    try:
+        with tracking.run_guard(parent):
+            train_children(uri, p.base.tracking.experiment, parent.run_id, p.children, p.profile, jobs,
+                           id_tag=ID_TAG, who="cv")
+            oof = out_of_fold(uri, p, parent.run_id)
+            oof.metrics["wall_time_s"] = time.perf_counter() - t0
+            _log(parent, oof)
+    finally:
+        lock.release()
+    print(report(oof), flush=True)
+    print(f"cv_run_id: {parent.run_id}  (wall time {oof.metrics['wall_time_s'] / 60:.1f} min)")
+    print(f"predict with the fold ensemble: python -m segnet predict --run-id {parent.run_id} --images <dir>")
+    exp_id = parent.info().info.experiment_id
+    print(f"review it: make ui  (then {tracking.runs_url(uri, exp_id)})", flush=True)
+    return parent.run_id, oof.metrics
+
+
+@dataclass
+class OutOfFold:
+    scores: pd.DataFrame  # SCORE_COLUMNS, one row per image of the dataset, in the dataset's order
+    folds: pd.DataFrame  # per fold: its run, images and final scores
+    metrics: dict
+    data: object  # the dataset (segnet.data.LoadedData)
+
+
+def _fold_runs(uri: str, p: CVPlan, parent_id: str) -> dict[int, object]:
+    """fold -> its finished child run (the latest, should a fold have finished twice)."""
+    from segnet import tracking
+
+    runs = tracking.find_runs(uri, p.base.tracking.experiment, f"tags.`{ID_TAG}` = '{parent_id}'",
+                              max_results=1000)
+    by_fold: dict[int, object] = {}
+    for r in runs:  # newest first
+        if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics:
+            by_fold.setdefault(fold_of(r), r)
+    missing = [c.fold for c in p.children if c.fold not in by_fold]
+    if missing:
+        raise SegnetError(f"cv run '{parent_id}' has no finished run of fold(s) {missing}")
+    return {c.fold: by_fold[c.fold] for c in p.children}
+
+
+def out_of_fold(uri: str, p: CVPlan, parent_id: str) -> OutOfFold:
+    """Every image scored by the model that did not train on it, at the threshold tuned on all of them."""
+    from segnet import tracking
+    from segnet.data import load_dataset
+    from segnet.evaluate import read_probabilities
+    from segnet.metrics.segmentation import score_table, search_threshold
+
+    runs = _fold_runs(uri, p, parent_id)
+    data = load_dataset(p.base)
+    ids, probs, fold_col, rows = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, r in runs.items():
+            path = tracking.download_artifact(uri, r.info.run_id, "predictions/val_probs.npz", Path(tmp) / str(k))
+            fold_ids, fold_probs = read_probabilities(path)
+            path.unlink()
+            ids += fold_ids
+            probs.append(fold_probs)
+            fold_col += [k] * len(fold_ids)
+            m = r.data.metrics
+            rows.append({"fold": k, "run_id": r.info.run_id, "images": len(fold_ids),
+                         "val_tgs_map_tuned": m.get("val_tgs_map_tuned"), "best_val_tgs_map": m.get("best_val_tgs_map"),
+                         "best_threshold": m.get("best_threshold")})
+    index = {i: n for n, i in enumerate(data.ids)}
+    if len(set(ids)) != len(ids) or set(ids) != set(index):
+        raise SegnetError(f"the folds' validation images do not cover {data.dir} ({len(index)} images) exactly "
+                          f"once ({len(ids)} scored, {len(set(ids))} distinct, "
+                          f"{len(set(index) - set(ids))} missing): were the fold runs trained on other data?")
+    order = np.argsort([index[i] for i in ids], kind="stable")  # the dataset's order
+    ids = [ids[i] for i in order]
+    probs = np.concatenate(probs)[order]
+    truth = data.masks[[index[i] for i in ids]][..., 0] > 0.5
+    threshold = search_threshold(truth, probs)[0] if p.base.eval.threshold_search else 0.5
+    scores = score_table(ids, truth, probs > threshold)
+    scores["fold"] = np.asarray(fold_col)[order]
+    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
+    folds = pd.DataFrame(rows)
+    final = folds["val_tgs_map_tuned"].astype(float)
+    metrics = {"oof_tgs_map": float(scores["tgs"].mean()), "oof_iou": float(scores["iou"].mean()),
+               "oof_threshold": float(threshold), "fold_tgs_map_mean": float(final.mean()),
+               "fold_tgs_map_std": float(final.std(ddof=1)) if len(final) > 1 else 0.0,
+               "n_folds": float(len(folds)), "oof_images": float(len(scores))}
+    return OutOfFold(scores[SCORE_COLUMNS], folds, metrics, data)
+
+
+def _log(parent, oof: OutOfFold) -> None:
+    parent.log_dataframe(oof.scores, "oof/scores.csv")
+    parent.log_dataframe(oof.folds, "oof/folds.csv")
+    parent.log_metrics(oof.metrics)
+    parent.set_tags({"segnet.cv_folds": ",".join(oof.folds["run_id"]), "segnet.dataset": oof.data.kind,
+                     "segnet.data_fingerprint": oof.data.fingerprint})
+
+
+def report(oof: OutOfFold) -> str:
+    m = oof.metrics
+    lines = [f"cv: fold {r.fold}: final tgs_map {r.val_tgs_map_tuned:.4f} (its threshold {r.best_threshold:.2f}, "
+             f"{r.images} images, run {r.run_id})" for r in oof.folds.itertuples()]
+    lines.append(f"cv: folds {m['fold_tgs_map_mean']:.4f} ± {m['fold_tgs_map_std']:.4f} (mean ± std of the final "
+                 f"scores); out of fold: tgs_map {m['oof_tgs_map']:.4f}, iou {m['oof_iou']:.4f} at threshold "
+                 f"{m['oof_threshold']:.2f} over {int(m['oof_images'])} images")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Cross-validation: `segnet cv` as users run it (separate processes), its out-of-fold table, the fold
+ensemble behind `predict` / `evaluate --run-id <cv run>`, a restart that trains nothing, and ablation
+plans over folds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from segnet import paths
+from segnet.ablate import plan as ablation_plan
+from segnet.children import child_command
+from segnet.config import load_config
+from segnet.cv import SCORE_COLUMNS
+from segnet.errors import ConfigError, SegnetError
+
+from .procs import run, run_statuses, store_uri, tiny_overrides
+
+
+# -- ablation over folds (plans only, no training) --------------------------------------------------
+def _ablation(tmp_path, **extra):
+    f = tmp_path / "ablation.yaml"
+    f.write_text(yaml.safe_dump({"seeds": 2, "overrides": ["data.n_folds=3"],
+                                 "variants": {"a": {"model.decoder": "transposed"},
+                                              "b": {"model.decoder": "upsampling"}}, **extra}))
+    return f
+
+
+def test_ablation_over_all_folds_plans_variant_seed_fold(tmp_path):
+    one = ablation_plan(_ablation(tmp_path))
+    assert one.folds == [0] and [(c.variant, c.seed, c.fold) for c in one.children] == [
+        ("a", 42, 0), ("a", 43, 0), ("b", 42, 0), ("b", 43, 0)]
+    # The default keeps the hash of the ablations made before `folds` existed, so they are found again.
+    old = [[c.variant, c.seed, c.cfg.hash()] for c in one.children]
+    assert one.hash == hashlib.sha256(json.dumps(old).encode()).hexdigest()[:12]
+    assert ablation_plan(_ablation(tmp_path, folds=[0])).hash == one.hash
+
+    p = ablation_plan(_ablation(tmp_path, folds="all"))
+    assert p.folds == [0, 1, 2] and p.n_seeds == 2
+    assert [(c.variant, c.seed, c.fold) for c in p.children] == [
+        (v, s, k) for v in ("a", "b") for s in (42, 43) for k in range(3)]
+    assert [c.cfg.data.fold for c in p.children] == [c.fold for c in p.children]
+    assert len({c.cfg.hash() for c in p.children}) == 12 and p.hash != one.hash
+    assert p.children[1].label == "a s42 f1"
+    argv = child_command(p.children[1], None, "P")
+    assert "segnet.fold=1" in argv and "segnet.ablation_id=P" in argv and "data.fold=1" in argv
+    assert [c.fold for c in ablation_plan(_ablation(tmp_path, folds=[2, 0])).children[:2]] == [2, 0]
+
+
+@pytest.mark.parametrize("folds", [[3], [0, 0], "some", [], [True]])
+def test_bad_folds_fail_before_training(tmp_path, folds):
+    with pytest.raises(ConfigError, match="'folds'"):
+        ablation_plan(_ablation(tmp_path, folds=folds))
+
+
+# -- segnet cv end to end ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cv_run(tiny_synth, tmp_path_factory):
+    """One `segnet cv --jobs 2` of three one-epoch folds of the tiny model, in its own store."""
+    tmp = tmp_path_factory.mktemp("cv")
+    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=3"]
+    out = run(["cv", "--jobs", "2", *over], tmp)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parent = re.search(r"^cv_run_id: ([0-9a-f]{32})", out.stdout, re.M).group(1)
+    return tmp, over, parent, out.stdout
+
+
+def test_cv_logs_every_image_once_out_of_fold(cv_run):
+    from segnet.data import load_dataset
+    from segnet.data.folds import load_or_make_folds
+
+    tmp, over, parent, stdout = cv_run
+    assert "[fold 0] epoch   1/1" in stdout and "3/3 done, 0 running, 0 pending" in stdout
+    client = MlflowClient(store_uri(tmp))
+    info = client.get_run(parent)
+    assert info.info.status == "FINISHED" and info.data.tags["segnet.role"] == "cv"
+    m = info.data.metrics
+    assert {"oof_tgs_map", "oof_iou", "oof_threshold", "fold_tgs_map_mean", "fold_tgs_map_std"} <= set(m)
+
+    scores = pd.read_csv(client.download_artifacts(parent, "oof/scores.csv", str(tmp)), dtype={"id": str})
+    assert list(scores.columns) == SCORE_COLUMNS
+    cfg = load_config(None, over)
+    data = load_dataset(cfg)
+    assert len(scores) == len(data.ids) == 40 and sorted(scores.id) == sorted(data.ids)  # each image once
+    folds = load_or_make_folds(data.ids, data.masks, cfg.data.n_folds, cfg.data.fold_seed).set_index("id")
+    assert (scores.fold.to_numpy() == folds.loc[scores.id, "fold"].to_numpy()).all()  # its own fold
+    assert m["oof_tgs_map"] == pytest.approx(scores.tgs.mean()) and m["oof_iou"] == pytest.approx(scores.iou.mean())
+
+    kids = client.search_runs([info.info.experiment_id], f"tags.`segnet.cv_id` = '{parent}'")
+    assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1, 2]
+    assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent}
+    finals = [r.data.metrics["val_tgs_map_tuned"] for r in kids]
+    assert m["fold_tgs_map_mean"] == pytest.approx(np.mean(finals))
+    assert m["fold_tgs_map_std"] == pytest.approx(np.std(finals, ddof=1))
+    saved = yaml.safe_load(open(client.download_artifacts(parent, "config.yaml", str(tmp))).read())
+    assert saved["data"]["n_folds"] == 3 and saved["model"]["decoder"] == cfg.model.decoder
+
+
+def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_path, monkeypatch):
+    """In process: the ensemble's logits are the mean of the fold models' logits; a fold's run predicts alone;
+    `evaluate` scores the ensemble on another labelled folder and refuses the data it was trained on."""
+    from segnet.data.synthetic import generate
+    from segnet.data.tgs import read_images
+    from segnet.evaluate import evaluate_run
+    from segnet.inference import Predictor
+    from segnet.runs import load_run
+
+    tmp, _, parent, _ = cv_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(tmp))
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp / "runs")
+    tr = load_run(parent)
+    assert [m.cfg.data.fold for m in tr.members] == [0, 1, 2]
+    assert tr.threshold == MlflowClient(store_uri(tmp)).get_run(parent).data.metrics["oof_threshold"]
+    images, _ = read_images(tiny_synth / "test" / "images")
+    ens = tr.predictor()
+    alone = [Predictor.from_config(m.model, m.cfg, tta=tr.cfg.eval.tta).logits(images) for m in tr.members]
+    np.testing.assert_allclose(ens.logits(images), np.mean(alone, axis=0), rtol=1e-5, atol=1e-5)
+    assert (ens.masks(images) == (ens.probabilities(images) > tr.threshold)).all()
+    fold0 = load_run(tr.members[0].run_id)
+    assert fold0.members == [] and fold0.model is not None
+
+    with pytest.raises(SegnetError, match="another labelled folder"):
+        evaluate_run(parent)
+    other = generate(tmp_path / "other", n=12, seed=1, progress=False)
+    metrics = evaluate_run(parent, [f"data.dir={other}"])
+    assert metrics["ensemble_models"] == 3 and metrics["best_threshold"] == tr.threshold
+    logged = MlflowClient(store_uri(tmp)).get_run(parent).data
+    assert logged.metrics["eval_val_tgs_map_tuned"] == pytest.approx(metrics["val_tgs_map_tuned"])
+    assert logged.tags["segnet.eval_subset"] == "all images"
+
+
+def test_predict_with_the_fold_ensemble_writes_a_submission(cv_run, tiny_synth):
+    tmp, _, parent, _ = cv_run
+    out_csv = tmp / "submission.csv"
+    out = run(["predict", "--run-id", parent, "--images", str(tiny_synth / "test" / "images"),
+               "--out", str(out_csv)], tmp)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "fold ensemble of 3 models" in out.stdout
+    sub = pd.read_csv(out_csv, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["id", "rle_mask"] and len(sub) == len(list((tiny_synth / "test/images").glob("*.png")))
+
+
+def test_restarted_cv_keeps_the_finished_folds(cv_run):
+    tmp, over, parent, _ = cv_run
+    runs_before = run_statuses(tmp)
+    again = run(["cv", *over], tmp)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"cv_run_id: {parent}" in again.stdout and "3 finished children kept, 0 to train" in again.stdout
+    assert "[fold" not in again.stdout  # no child process was started
+    assert run_statuses(tmp).keys() == runs_before.keys()
+    assert set(run_statuses(tmp).values()) == {"FINISHED"}
