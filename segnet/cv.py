@@ -83,6 +83,8 @@ def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None)
             oof = out_of_fold(uri, p, parent.run_id)
             oof.metrics["wall_time_s"] = time.perf_counter() - t0
             _log(parent, oof)
+            if p.base.tracking.log_model:
+                _log_ensemble(uri, parent, oof, p.base)
     finally:
         lock.release()
     print(report(oof), flush=True)
@@ -167,6 +169,23 @@ def _log(parent, oof: OutOfFold) -> None:
     parent.log_metrics(oof.metrics)
     parent.set_tags({"segnet.cv_folds": ",".join(oof.folds["run_id"]), "segnet.dataset": oof.data.kind,
                      "segnet.data_fingerprint": oof.data.fingerprint})
+
+
+def _log_ensemble(uri: str, parent, oof: OutOfFold, cfg) -> None:
+    """The fold ensemble as the parent's logged pyfunc model (mean of the fold models' logits at the
+    out-of-fold threshold), so `segnet register`, `mlflow.pyfunc` and `mlflow models serve` take a cv run
+    like any other. The fold models come from the local checkpoints, else from the fold runs' models."""
+    from segnet import paths, tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for fold, run_id in zip(oof.folds["fold"], oof.folds["run_id"], strict=True):
+            local = paths.RUNS_DIR / run_id / "best.keras"
+            if not local.exists():
+                local = Path(tmp) / f"fold{fold}.keras"
+                tracking.load_logged_model(uri, run_id).save(local)
+            files.append(local)
+        parent.log_model(files, cfg, oof.metrics["oof_threshold"])
 
 
 def report(oof: OutOfFold) -> str:

@@ -31,8 +31,9 @@ KERAS_ARTIFACT = "keras_model"
 IMG_SIZE = 101
 
 
-def settings_from_config(cfg, threshold: float) -> dict:
-    """What prediction needs from a run: network size and mapping, flip TTA, threshold, batch size."""
+def settings_from_config(cfg, threshold: float, members: int = 1) -> dict:
+    """What prediction needs from a run: network size and mapping, flip TTA, threshold, batch size, and
+    how many Keras models it averages (``members`` > 1: a `segnet cv` fold ensemble)."""
     return {
         "size": int(cfg.data.size),
         "resize_mode": str(cfg.data.resize_mode),
@@ -40,7 +41,13 @@ def settings_from_config(cfg, threshold: float) -> dict:
         "threshold": float(threshold),
         "batch_size": int(max(cfg.train.batch_size, 64)),
         "variant": str(cfg.variant()),
+        "members": int(members),
     }
+
+
+def artifact_names(members: int) -> list[str]:
+    """The artifact name of each Keras model: ``keras_model`` alone, ``keras_model_<i>`` in an ensemble."""
+    return [KERAS_ARTIFACT] if members == 1 else [f"{KERAS_ARTIFACT}_{i}" for i in range(members)]
 
 
 def signature(settings: dict):
@@ -62,7 +69,8 @@ class SaltSegmenter(mlflow.pyfunc.PythonModel):
     """Salt probability and mask at 101x101 for seismic images, with the run's settings.
 
     Only ``settings`` (a small dict, see ``settings_from_config``) is pickled; the Keras model is read in
-    ``load_context`` from the ``keras_model`` artifact, uncompiled (no training loss needed).
+    ``load_context`` from the ``keras_model`` artifact, uncompiled (no training loss needed); a fold
+    ensemble (``settings["members"]`` > 1) reads ``keras_model_0`` ... and averages their logits.
     """
 
     def __init__(self, settings: dict):
@@ -74,12 +82,15 @@ class SaltSegmenter(mlflow.pyfunc.PythonModel):
         from segnet.models import register_with_keras
 
         register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
-        from segnet.inference import Predictor
+        from segnet.inference import EnsemblePredictor, Predictor
 
         s = self.settings
-        model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
-        self._predictor = Predictor(model, s["size"], s["resize_mode"], tta=s["tta"], threshold=s["threshold"],
-                                    batch_size=s["batch_size"])
+        predictors = [
+            Predictor(keras.models.load_model(context.artifacts[name], compile=False), s["size"], s["resize_mode"],
+                      tta=s["tta"], threshold=s["threshold"], batch_size=s["batch_size"])
+            for name in artifact_names(int(s.get("members", 1)))
+        ]
+        self._predictor = predictors[0] if len(predictors) == 1 else EnsemblePredictor(predictors, s["threshold"])
 
     def predict(self, context, model_input: np.ndarray, params=None):
         from segnet.inference import as_images
@@ -87,7 +98,9 @@ class SaltSegmenter(mlflow.pyfunc.PythonModel):
         params = params or {}
         p = self._predictor
         if "tta" in params and params["tta"] is not None:
-            p = dataclasses.replace(p, tta=bool(params["tta"]))
+            tta = bool(params["tta"])
+            p = (dataclasses.replace(p, members=[dataclasses.replace(m, tta=tta) for m in p.members])
+                 if hasattr(p, "members") else dataclasses.replace(p, tta=tta))
         threshold = float(params["threshold"]) if params.get("threshold") is not None else p.threshold
         prob = p.probabilities(as_images(model_input))
         return {"probability": prob, "mask": (prob > threshold).astype(np.uint8)}

@@ -237,22 +237,24 @@ class Run:
             parent = str(Path(artifact_file).parent)
             self.log_artifact(p, None if parent == "." else parent)
 
-    def log_model(self, keras_path: str | Path, cfg, threshold: float) -> None:
+    def log_model(self, keras_path: str | Path | list, cfg, threshold: float) -> None:
         """Log the run's model as an MLflow pyfunc model (``segnet.serving.SaltSegmenter``) that loads with
         ``mlflow.pyfunc.load_model`` and serves with ``mlflow models serve`` without segnet installed.
 
-        The Keras file at ``keras_path`` is the artifact ``keras_model``; the segnet package travels as
-        ``code_paths``; the run's data.size / resize_mode, eval.tta and ``threshold`` go in the model.
+        The Keras file at ``keras_path`` is the artifact ``keras_model`` (a list of files: a fold ensemble
+        that averages their logits); the segnet package travels as ``code_paths``; the run's
+        data.size / resize_mode, eval.tta and ``threshold`` go in the model.
         """
         import segnet
         from segnet import serving
 
-        settings = serving.settings_from_config(cfg, threshold)
+        files = [keras_path] if isinstance(keras_path, str | Path) else list(keras_path)
+        settings = serving.settings_from_config(cfg, threshold, members=len(files))
         with _active(self), _quiet_model_logging():
             mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=serving.SaltSegmenter(settings),
-                artifacts={serving.KERAS_ARTIFACT: str(keras_path)},
+                artifacts={name: str(f) for name, f in zip(serving.artifact_names(len(files)), files, strict=True)},
                 code_paths=[str(Path(segnet.__file__).resolve().parent)],
                 signature=serving.signature(settings),
                 pip_requirements=_serving_requirements(),

@@ -65,7 +65,7 @@ def test_bad_folds_fail_before_training(tmp_path, folds):
 def cv_run(tiny_synth, tmp_path_factory):
     """One `segnet cv --jobs 2` of three one-epoch folds of the tiny model, in its own store."""
     tmp = tmp_path_factory.mktemp("cv")
-    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=3"]
+    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=3", "tracking.log_model=true"]
     out = run(["cv", "--jobs", "2", *over], tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     parent = re.search(r"^cv_run_id: ([0-9a-f]{32})", out.stdout, re.M).group(1)
@@ -123,6 +123,13 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_pa
     alone = [Predictor.from_config(m.model, m.cfg, tta=tr.cfg.eval.tta).logits(images) for m in tr.members]
     np.testing.assert_allclose(ens.logits(images), np.mean(alone, axis=0), rtol=1e-5, atol=1e-5)
     assert (ens.masks(images) == (ens.probabilities(images) > tr.threshold)).all()
+    # The parent's logged model is the same ensemble, for mlflow.pyfunc (and so for the registry and serving).
+    import mlflow
+
+    mlflow.set_tracking_uri(store_uri(tmp))
+    served = mlflow.pyfunc.load_model(f"runs:/{parent}/model").predict(images)
+    np.testing.assert_allclose(served["probability"], ens.probabilities(images), rtol=1e-4, atol=1e-5)
+    assert np.array_equal(served["mask"], ens.masks(images).astype(np.uint8))
     fold0 = load_run(tr.members[0].run_id)
     assert fold0.members == [] and fold0.model is not None
 
