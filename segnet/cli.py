@@ -28,6 +28,7 @@ from segnet.errors import SegnetError, raise_on_sigint, raise_on_sigterm, stop_r
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command's arguments, declared in one place (long by nature: declarations only, no logic)."""
     p = argparse.ArgumentParser(prog="segnet", description="Which decoder should a U-Net use? (TGS salt)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -116,6 +116,26 @@ def bootstrap(table: pd.DataFrame, reference: str | None = None, n: int = 2000, 
     """
     if n < 1:
         raise ValueError(f"bootstrap resamples must be >= 1; got {n}")
+    t, variants = _ordered(table, reference)
+    per_variant, images = _fold_tables(t, variants)
+    col = {img: k for k, img in enumerate(images)}
+    weights = _image_weights(n, len(images), seed)
+
+    draws = np.empty((n, len(variants)))
+    observed = np.empty(len(variants))
+    rows = []
+    for k, v in enumerate(variants):
+        groups = _groups(per_variant[v], col, training)
+        draws[:, k], observed[k] = _variant_draws(groups, weights, np.random.default_rng([seed, zlib.crc32(v.encode())]))
+        reps = t[t.variant == v].groupby("replicate", sort=False)["score"].mean()
+        rows.append({"variant": v, "replicates": int(len(reps)), "final_mean": float(reps.mean()),
+                     "final_std": float(reps.std(ddof=1)) if len(reps) > 1 else 0.0,
+                     "_max_r": max(g.scores.shape[0] for g in groups)})
+    return _result(variants, variants[0], draws, observed, len(images), rows)
+
+
+def _ordered(table: pd.DataFrame, reference: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """The table with a fold column, the reference variant first (its images come first)."""
     t = table if "fold" in table.columns else table.assign(fold=0)
     t = t.assign(image=t["image"].astype(str), variant=t["variant"].astype(str))
     if t[["variant", "replicate", "image"]].duplicated().any():
@@ -125,18 +145,17 @@ def bootstrap(table: pd.DataFrame, reference: str | None = None, n: int = 2000, 
     if reference not in variants:
         raise ValueError(f"reference '{reference}' is not in the table (variants: {', '.join(variants)})")
     variants = [reference] + [v for v in variants if v != reference]
-    t = pd.concat([t[t.variant == v] for v in variants])  # the reference's images come first
+    return pd.concat([t[t.variant == v] for v in variants]), variants
 
-    # Per variant and fold: replicates x images; an image counts for a variant when every replicate of
-    # its fold scored it, and is compared when it counts for every variant.
+
+def _fold_tables(t: pd.DataFrame, variants: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """Per variant and fold: replicates x images; an image counts for a variant when every replicate of
+    its fold scored it, and is compared when it counts for every variant (returned, in table order)."""
     per_variant: dict[str, dict] = {}
     covered: set | None = None
     for v in variants:
-        sub = t[t.variant == v]
-        folds = {}
-        for fold, g in sub.groupby("fold", sort=True):
-            wide = g.pivot(index="replicate", columns="image", values="score").dropna(axis=1)
-            folds[fold] = wide
+        folds = {fold: g.pivot(index="replicate", columns="image", values="score").dropna(axis=1)
+                 for fold, g in t[t.variant == v].groupby("fold", sort=True)}
         ids = [set(w.columns) for w in folds.values()]
         twice = sorted(set().union(*[a & b for i, a in enumerate(ids) for b in ids[i + 1:]]))
         if twice:
@@ -147,42 +166,44 @@ def bootstrap(table: pd.DataFrame, reference: str | None = None, n: int = 2000, 
     images = [i for i in pd.unique(t["image"]) if i in covered]
     if not images:
         raise ValueError("no image is scored by every variant; compare runs of the same data and folds")
-    col = {img: k for k, img in enumerate(images)}
-    n_img = len(images)
+    return per_variant, images
 
+
+def _image_weights(n: int, n_img: int, seed: int) -> np.ndarray:
+    """(n, n_img): each draw's image resample as weights (how often each image was drawn / n_img)."""
     idx = np.random.default_rng(seed).integers(0, n_img, size=(n, n_img))
     counts = np.bincount((idx + (np.arange(n) * n_img)[:, None]).ravel(), minlength=n * n_img)
-    counts = counts.reshape(n, n_img).astype(float) / n_img  # image weights of each draw (rows sum to 1)
-    del idx
+    return counts.reshape(n, n_img).astype(float) / n_img
 
-    draws = np.empty((n, len(variants)))
-    observed = np.empty(len(variants))
-    rows = []
-    for k, v in enumerate(variants):
-        groups = []
-        for wide in per_variant[v].values():
-            keep = sorted((c for c in wide.columns if c in col), key=col.__getitem__)
-            if keep:
-                s = wide[keep].to_numpy(float)
-                groups.append(_Group(s.mean(axis=0, keepdims=True) if not training else s,
-                                     np.array([col[c] for c in keep])))
-        rng = np.random.default_rng([seed, zlib.crc32(v.encode())])
-        total = np.zeros(n)
-        obs = 0.0
-        for g in groups:
-            r = g.scores.shape[0]
-            w = rng.multinomial(r, np.full(r, 1.0 / r), size=n) / r if r > 1 else None
-            per_image = w @ g.scores if w is not None else g.scores  # (n or 1, images of the fold)
-            weights = counts if len(g.cols) == n_img else counts[:, g.cols]  # one fold: every image, in order
-            total += np.einsum("ij,ij->i", weights, np.broadcast_to(per_image, weights.shape))
-            obs += g.scores.mean(axis=0).sum()
-        draws[:, k] = total
-        observed[k] = obs / n_img
-        reps = t[t.variant == v].groupby("replicate", sort=False)["score"].mean()
-        max_r = max(g.scores.shape[0] for g in groups)
-        rows.append({"variant": v, "replicates": int(len(reps)), "final_mean": float(reps.mean()),
-                     "final_std": float(reps.std(ddof=1)) if len(reps) > 1 else 0.0, "_max_r": max_r})
 
+def _groups(folds: dict, col: dict[str, int], training: bool) -> list[_Group]:
+    """A variant's folds as (replicates x compared images) score blocks with their image columns."""
+    groups = []
+    for wide in folds.values():
+        keep = sorted((c for c in wide.columns if c in col), key=col.__getitem__)
+        if keep:
+            s = wide[keep].to_numpy(float)
+            groups.append(_Group(s if training else s.mean(axis=0, keepdims=True), np.array([col[c] for c in keep])))
+    return groups
+
+
+def _variant_draws(groups: list[_Group], weights: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """One variant's mean in every draw (its replicates resampled per fold, the shared image weights),
+    and its observed mean."""
+    n, n_img = weights.shape
+    total, obs = np.zeros(n), 0.0
+    for g in groups:
+        r = g.scores.shape[0]
+        w = rng.multinomial(r, np.full(r, 1.0 / r), size=n) / r if r > 1 else None
+        per_image = w @ g.scores if w is not None else g.scores  # (n or 1, images of the fold)
+        fold_weights = weights if len(g.cols) == n_img else weights[:, g.cols]  # one fold: every image, in order
+        total += np.einsum("ij,ij->i", fold_weights, np.broadcast_to(per_image, fold_weights.shape))
+        obs += g.scores.mean(axis=0).sum()
+    return total, obs / n_img
+
+
+def _result(variants, reference, draws, observed, n_img, rows) -> Bootstrap:
+    """The Bootstrap with its summary table: differences against the reference, interval kind, p_best."""
     best = draws == draws.max(axis=1, keepdims=True)
     p_best = (best / best.sum(axis=1, keepdims=True)).mean(axis=0)
     out = Bootstrap(variants, reference, draws, observed, n_img, pd.DataFrame(),
