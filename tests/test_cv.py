@@ -63,9 +63,9 @@ def test_bad_folds_fail_before_training(tmp_path, folds):
 # -- segnet cv end to end ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cv_run(tiny_synth, tmp_path_factory):
-    """One `segnet cv --jobs 2` of three one-epoch folds of the tiny model, in its own store."""
+    """One `segnet cv --jobs 2` of two one-epoch folds of the tiny model, in its own store."""
     tmp = tmp_path_factory.mktemp("cv")
-    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=3", "tracking.log_model=true"]
+    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=2", "tracking.log_model=true"]
     out = run(["cv", "--jobs", "2", *over], tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     parent = re.search(r"^cv_run_id: ([0-9a-f]{32})", out.stdout, re.M).group(1)
@@ -77,7 +77,7 @@ def test_cv_logs_every_image_once_out_of_fold(cv_run):
     from segnet.data.folds import load_or_make_folds
 
     tmp, over, parent, stdout = cv_run
-    assert "[fold 0] epoch   1/1" in stdout and "3/3 done, 0 running, 0 pending" in stdout
+    assert "[fold 0] epoch   1/1" in stdout and "2/2 done, 0 running, 0 pending" in stdout
     client = MlflowClient(store_uri(tmp))
     info = client.get_run(parent)
     assert info.info.status == "FINISHED" and info.data.tags["segnet.role"] == "cv"
@@ -94,13 +94,13 @@ def test_cv_logs_every_image_once_out_of_fold(cv_run):
     assert m["oof_tgs_map"] == pytest.approx(scores.tgs.mean()) and m["oof_iou"] == pytest.approx(scores.iou.mean())
 
     kids = client.search_runs([info.info.experiment_id], f"tags.`segnet.cv_id` = '{parent}'")
-    assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1, 2]
+    assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1]
     assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent}
     finals = [r.data.metrics["val_tgs_map_tuned"] for r in kids]
     assert m["fold_tgs_map_mean"] == pytest.approx(np.mean(finals))
     assert m["fold_tgs_map_std"] == pytest.approx(np.std(finals, ddof=1))
     saved = yaml.safe_load(open(client.download_artifacts(parent, "config.yaml", str(tmp))).read())
-    assert saved["data"]["n_folds"] == 3 and saved["model"]["decoder"] == cfg.model.decoder
+    assert saved["data"]["n_folds"] == 2 and saved["model"]["decoder"] == cfg.model.decoder
 
 
 def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_path, monkeypatch):
@@ -116,7 +116,7 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(tmp))
     monkeypatch.setattr(paths, "RUNS_DIR", tmp / "runs")
     tr = load_run(parent)
-    assert [m.cfg.data.fold for m in tr.members] == [0, 1, 2]
+    assert [m.cfg.data.fold for m in tr.members] == [0, 1]
     assert tr.threshold == MlflowClient(store_uri(tmp)).get_run(parent).data.metrics["oof_threshold"]
     images, _ = read_images(tiny_synth / "test" / "images")
     ens = tr.predictor()
@@ -137,7 +137,7 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_pa
         evaluate_run(parent)
     other = generate(tmp_path / "other", n=12, seed=1, progress=False)
     metrics = evaluate_run(parent, [f"data.dir={other}"])
-    assert metrics["ensemble_models"] == 3 and metrics["best_threshold"] == tr.threshold
+    assert metrics["ensemble_models"] == 2 and metrics["best_threshold"] == tr.threshold
     logged = MlflowClient(store_uri(tmp)).get_run(parent).data
     assert logged.metrics["eval_val_tgs_map_tuned"] == pytest.approx(metrics["val_tgs_map_tuned"])
     assert logged.tags["segnet.eval_subset"] == "all images"
@@ -149,7 +149,7 @@ def test_predict_with_the_fold_ensemble_writes_a_submission(cv_run, tiny_synth):
     out = run(["predict", "--run-id", parent, "--images", str(tiny_synth / "test" / "images"),
                "--out", str(out_csv)], tmp)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "fold ensemble of 3 models" in out.stdout
+    assert "fold ensemble of 2 models" in out.stdout
     sub = pd.read_csv(out_csv, dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "rle_mask"] and len(sub) == len(list((tiny_synth / "test/images").glob("*.png")))
 
@@ -159,7 +159,7 @@ def test_restarted_cv_keeps_the_finished_folds(cv_run):
     runs_before = run_statuses(tmp)
     again = run(["cv", *over], tmp)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"cv_run_id: {parent}" in again.stdout and "3 finished children kept, 0 to train" in again.stdout
+    assert f"cv_run_id: {parent}" in again.stdout and "2 finished children kept, 0 to train" in again.stdout
     assert "[fold" not in again.stdout  # no child process was started
     assert run_statuses(tmp).keys() == runs_before.keys()
     assert set(run_statuses(tmp).values()) == {"FINISHED"}

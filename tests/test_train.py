@@ -50,7 +50,13 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[st
     return out
 
 
-@pytest.mark.parametrize("decoder", sorted(DECODERS))
+# The default decoder and the one with pooling indices in the fast suite; every decoder builds, trains a
+# step, saves and reloads in tests/test_decoders.py, so the other full runs are `slow`.
+_FAST = ("transposed", "maxunpool")
+
+
+@pytest.mark.parametrize("decoder", [d if d in _FAST else pytest.param(d, marks=pytest.mark.slow)
+                                     for d in sorted(DECODERS)])
 def test_two_epoch_run_is_complete_in_mlflow(decoder, tiny_synth, store):
     from segnet.train import train
 
