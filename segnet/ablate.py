@@ -164,14 +164,6 @@ def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
     return find_or_create_parent(uri, spec, resume)
 
 
-def paired_bootstrap(diff: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of per-image differences and its 95% percentile bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n, len(diff)))
-    means = diff[idx].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 SUMMARY_METRICS = {
     "tgs_map": "best_val_tgs_map", "val_iou": "best_val_iou", "tgs_map_tuned": "val_tgs_map_tuned",
     "artifact_periodic_energy": "artifact_periodic_energy", "artifact_excess": "artifact_excess",

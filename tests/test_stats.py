@@ -90,8 +90,6 @@ def test_hierarchical_interval_is_never_narrower_than_the_image_only_one(table_s
 def test_single_replicate_is_the_classic_paired_bootstrap_of_images():
     """One replicate each: ``interval`` is ``images`` and the numbers are exactly the paired bootstrap of
     the per-image differences (the statistic `segnet compare` and one-seed ablations always reported)."""
-    from segnet.ablate import paired_bootstrap
-
     base = _base(6)
     rng = np.random.default_rng(7)
     a, b = _series(base + rng.normal(0, 0.1, base.size)), _series(base + 0.02 + rng.normal(0, 0.1, base.size))
@@ -151,3 +149,22 @@ def test_deterministic_and_fast_enough():
     r2 = bootstrap(table, n=2000, seed=3)
     pd.testing.assert_frame_equal(r1.table, r2.table)
     assert elapsed < 5.0, elapsed
+
+
+def paired_bootstrap(diff: np.ndarray, n: int, seed: int = 0) -> tuple[float, float, float]:
+    """The classic image-only paired bootstrap that one-seed ablations and `compare` reported before the
+    hierarchical one: the oracle a single replicate must reproduce exactly."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def test_paired_bootstrap_known_answers():
+    mean, lo, hi = paired_bootstrap(np.full(50, 0.1), 500)
+    assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    noise = np.random.default_rng(1).normal(0.0, 0.3, 400)
+    _, lo, hi = paired_bootstrap(noise - noise.mean(), 2000)
+    assert lo < 0 < hi
+    _, lo, hi = paired_bootstrap(noise - noise.mean() + 0.2, 2000)
+    assert lo > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from segnet import paths
 from segnet.config import load_config
 from segnet.models.decoders import DECODERS
+from tests.procs import segnet_env
 
 REQUIRED_EPOCH_METRICS = ("loss", "val_loss", "val_iou", "val_tgs_map", "lr", "epoch_time_s", "train_images_per_s")
 REQUIRED_FINAL_METRICS = (
@@ -115,12 +115,6 @@ def test_failed_run_ends_failed(tiny_synth, store, monkeypatch):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def _segnet_env(tmp_path: Path) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEGNET_RUNS_DIR": str(tmp_path / "runs")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_mirrored_strategy_on_two_logical_cpus(tiny_synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = f"""
@@ -135,7 +129,7 @@ cfg = load_config(None, {tiny_overrides(tiny_synth, uri)!r} + ["train.strategy=m
 r = train(cfg)
 print("OK", r.metrics["best_val_tgs_map"])
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_segnet_env(tmp_path),
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=segnet_env(tmp_path),
                          cwd=paths.ROOT,
                          timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
