@@ -101,8 +101,8 @@ def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
         parent.log_params(spec.params)
         for name, text in spec.texts.items():
             parent.log_text(text, name)
-    except BaseException:
-        parent.end("FAILED")
+    except BaseException as e:
+        tracking.end_after(parent, e)
         raise
     return parent, lock
 
@@ -213,6 +213,18 @@ def stop(running: list[ChildProcess], grace: float = 60.0) -> None:
             cp.proc.wait()
 
 
+def end_orphans(uri: str, experiment: str, parent_id: str, id_tag: str, who: str) -> None:
+    """Once every child process has ended: a child run still RUNNING has no process left to end it (one
+    SIGKILLed after the grace period, say), so the parent ends it KILLED."""
+    from segnet import tracking
+
+    runs = tracking.find_runs(uri, experiment, f"tags.`{id_tag}` = '{parent_id}' and attributes.status = 'RUNNING'",
+                              max_results=1000)
+    for r in runs:
+        tracking.Run(uri, r.info.run_id).end("KILLED")
+        print(f"{who}: child run {r.info.run_id} was left RUNNING by its process; marked KILLED", flush=True)
+
+
 def train_children(uri: str, experiment: str, parent_id: str, children: list[Child], profile: Path | None,
                    jobs: int, id_tag: str = "segnet.ablation_id", who: str = "ablate") -> None:
     """Train the children that have not finished yet (finished ones are kept); raise if any fails."""
@@ -220,6 +232,10 @@ def train_children(uri: str, experiment: str, parent_id: str, children: list[Chi
     todo = [c for c in children if c.key not in done]
     if len(todo) < len(children):
         print(f"{who}: {len(children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
-    failures = run_children(todo, profile, parent_id, jobs, id_tag, who)
+    try:
+        failures = run_children(todo, profile, parent_id, jobs, id_tag, who)
+    except KeyboardInterrupt:
+        end_orphans(uri, experiment, parent_id, id_tag, who)
+        raise
     if failures:
         raise SegnetError(f"{len(failures)} children failed: " + "; ".join(failures))

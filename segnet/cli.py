@@ -156,7 +156,19 @@ def _follow_parent() -> None:
 def _dispatch(args) -> int | None:
     """Run the command. Each command's module is imported here, on demand: a usage or config error
     must come in a second, without importing TensorFlow or MLflow for commands that do not need them."""
-    return _COMMANDS[args.command](args) or 0
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except BaseException as e:
+        _end_open_runs(stopped=isinstance(e, KeyboardInterrupt) or stop_requested() is not None)
+        raise
+
+
+def _end_open_runs(stopped: bool) -> None:
+    """A command that ends with an exception leaves no run RUNNING: a Ctrl-C or SIGTERM between a run's
+    creation and its guard (or an error there) would otherwise do so. Only if MLflow was used at all."""
+    tracking = sys.modules.get("segnet.tracking")
+    if tracking is not None:
+        tracking.end_open_runs(stopped)
 
 
 def _data(args) -> int:

@@ -263,6 +263,7 @@ class Run:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+        _open_runs.pop(self.run_id, None)
 
     def info(self):
         return self.client.get_run(self.run_id)
@@ -287,20 +288,57 @@ def _active(run: Run) -> Iterator[None]:
     run.client.update_run(run.run_id, status="RUNNING")
 
 
+# Runs this process created or reopened and has not ended yet. A run is entered here in the same
+# signal-free step that makes it RUNNING, so a Ctrl-C or SIGTERM at any moment after that (before its
+# ``run_guard`` is entered, say) still finds it: the CLI ends what is left here on its way out.
+_open_runs: dict[str, Run] = {}
+
+
 def create_run(uri: str, experiment: str, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> Run:
     check_writable(uri)
     exp_id = experiment_id(uri, experiment)
     all_tags = {"mlflow.runName": name, "mlflow.source.git.commit": git_commit(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    r = client(uri).create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
-    return Run(uri, r.info.run_id)
+    c = client(uri)
+    with _signals_deferred():
+        r = c.create_run(exp_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+        run = _open_runs[r.info.run_id] = Run(uri, r.info.run_id)
+    return run
 
 
 def reopen_run(uri: str, run_id: str) -> Run:
     c = client(uri)
-    c.update_run(run_id, status="RUNNING")
-    return Run(uri, run_id)
+    with _signals_deferred():
+        c.update_run(run_id, status="RUNNING")
+        run = _open_runs[run_id] = Run(uri, run_id)
+    return run
+
+
+def end_after(run: Run, error: BaseException) -> None:
+    """End ``run`` after ``error`` cut it short: KILLED if a Ctrl-C or SIGTERM did (directly, or as
+    another error it surfaced as), else FAILED. Further signals wait until the status is written."""
+    from segnet.errors import stop_requested
+
+    stopped = isinstance(error, KeyboardInterrupt) or stop_requested() is not None
+    with _signals_held():
+        run.end("KILLED" if stopped else "FAILED")
+
+
+def end_open_runs(stopped: bool) -> list[str]:
+    """End every run this process opened and left RUNNING: KILLED if it was stopped, else FAILED.
+
+    The CLI calls it when a command ends with an exception; ``run_guard`` has already ended the runs
+    it guards, so this catches the ones a signal or error hit between their creation and their guard.
+    """
+    ended = []
+    with _signals_held():
+        for run in list(_open_runs.values()):
+            with contextlib.suppress(Exception):
+                run.end("KILLED" if stopped else "FAILED")
+                ended.append(run.run_id)
+            _open_runs.pop(run.run_id, None)
+    return ended
 
 
 def find_runs(uri: str, experiment: str, filter_string: str, max_results: int = 100) -> list:
@@ -365,7 +403,7 @@ def run_guard(run: Run) -> Iterator[Run]:
     While the final status is written, further Ctrl-C or SIGTERM are held back: a second signal must
     not leave the run RUNNING.
     """
-    from segnet.errors import raise_on_sigint, raise_on_sigterm, stop_requested
+    from segnet.errors import raise_on_sigint, raise_on_sigterm
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
@@ -375,9 +413,7 @@ def run_guard(run: Run) -> Iterator[Run]:
     try:
         yield run
     except BaseException as e:
-        stopped = isinstance(e, KeyboardInterrupt) or stop_requested() is not None
-        with _signals_held():
-            run.end("KILLED" if stopped else "FAILED")
+        end_after(run, e)
         raise
     else:
         with _signals_held():
@@ -386,6 +422,30 @@ def run_guard(run: Run) -> Iterator[Run]:
         for sig, handler in previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (main thread only), then act on one that came:
+    raise as its handler would have. Nothing between two statements inside can be cut apart."""
+    from segnet.errors import raise_on_sigint, raise_on_sigterm
+
+    came: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            saved[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for sig, h in saved.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, h)
+    if came and saved.get(came[0]) != signal.SIG_IGN:
+        handler = saved[came[0]]
+        if not callable(handler):  # SIG_DFL: end as Ctrl-C or SIGTERM does in segnet
+            handler = raise_on_sigterm if came[0] == signal.SIGTERM else raise_on_sigint
+        handler(came[0], None)
 
 
 @contextlib.contextmanager

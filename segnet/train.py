@@ -178,10 +178,9 @@ def open_run(cfg: Config, uri: str, data, parent_run_id: str | None, extra_tags:
         state = None
         try:
             lock = locks.try_lock(run_dir(run.run_id))  # a new id: nobody else can hold it
-        except BaseException:
-            run.end("FAILED")
+        except BaseException as e:
+            tracking.end_after(run, e)
             raise
-    _end_dead_runs(cfg, uri, run.run_id)
     return run, state, lock
 
 
@@ -261,6 +260,7 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     rdir = run_dir(run.run_id)
     try:
         with tracking.run_guard(run), tracking.system_metrics(run, cfg.tracking.system_metrics):
+            _end_dead_runs(cfg, uri, run.run_id)
             tracking.log_training_inputs(run, data, cfg, train_idx, val_idx)  # again on resume: kept once
             model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state)
             fit = _Fit(cfg, run, rdir, model, strategy, images, masks, train_idx,

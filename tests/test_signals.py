@@ -151,7 +151,7 @@ def test_signal_stops_ablate_and_every_child(how, tiny_synth, tmp_path):
         assert time.time() - t0 < 90, "the parent must not wait for queued children to train"
         assert not pids_alive(kids), "every child process ended"
         statuses = run_statuses(tmp_path)
-        assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
+        assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, (statuses, out[-6000:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -168,3 +168,63 @@ def test_runs_folder_that_cannot_be_created_opens_no_run(tiny_synth, tmp_path):
     assert len(err) == 1 and "SEGNET_RUNS_DIR" in err[0] and str(blocker) in err[0], out.stderr
     assert "Traceback" not in out.stderr
     assert "RUNNING" not in run_statuses(tmp_path).values()
+
+
+# A signal between a run's creation and its guard: the process-wide net (tracking._open_runs, ended by
+# the CLI on the way out) ends the run, whatever statement the signal interrupts.
+_SIGTERM_IN_THE_WINDOW = """
+import os, signal, sys, time
+from segnet import tracking
+real_create_run = tracking.create_run
+def create_run_then_sigterm(*args, **kwargs):  # the signal comes after creation, before run_guard
+    run = real_create_run(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    return run
+tracking.create_run = create_run_then_sigterm
+from segnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_between_run_creation_and_its_guard_ends_it_killed(tiny_synth, tmp_path):
+    import subprocess
+    import sys
+
+    from segnet import paths
+
+    out = subprocess.run([sys.executable, "-c", _SIGTERM_IN_THE_WINDOW, "train", *tiny_overrides(tiny_synth)],
+                         capture_output=True, text=True, env=segnet_env(tmp_path), cwd=paths.ROOT, timeout=300)
+    assert out.returncode == 143, out.stdout[-2000:] + out.stderr[-2000:]
+    statuses = run_statuses(tmp_path)
+    assert list(statuses.values()) == ["KILLED"], statuses
+
+
+def test_signal_during_run_creation_is_deferred_until_the_run_is_known(tmp_path, monkeypatch):
+    """create_run makes the run RUNNING and records it in one step a signal cannot cut: the SIGTERM that
+    comes while MLflow creates the run is raised after it is recorded, so it can be ended."""
+    from mlflow.tracking import MlflowClient
+
+    from segnet import errors, tracking
+    from tests.procs import store_uri
+
+    uri = store_uri(tmp_path)
+    real_create = MlflowClient.create_run
+
+    def create_then_signal(self, *args, **kwargs):
+        r = real_create(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives here, before create_run returns
+        time.sleep(0.2)
+        return r
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_signal)
+    monkeypatch.setattr(errors, "_stop_signal", None)
+    previous = signal.signal(signal.SIGTERM, errors.raise_on_sigterm)
+    try:
+        with pytest.raises(errors.Terminated):
+            tracking.create_run(uri, "window", "w", {})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (run_id,) = tracking._open_runs
+    assert tracking.end_open_runs(stopped=True) == [run_id]
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED" and not tracking._open_runs
