@@ -53,7 +53,7 @@ data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist
 	$(PY) -m segnet data get
 
 test: $(STAMP) ## run the fast test suite (tiny synthetic inputs; ~17 min on 2 CPU cores: most tests run segnet as separate processes)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)
 	$(PY) -m pytest -q -m ''

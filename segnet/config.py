@@ -55,11 +55,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "unet"
+    encoder_weights: str | None = None  # null | imagenet | a weights file (the encoder's EncoderWeights)
     decoder: str = "transposed"
     depth: int = 4
     filters: int = 16
     residual: bool = False
     dropout: float = 0.0
+    scse: bool = False
+    hypercolumn: bool = False
+    deep_supervision: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class TrainConfig:
     lr: float = 1e-3
     schedule: str = "cosine"
     min_lr: float = 1e-5
+    cycles: int = 1
     loss: str = "bce_dice"
     finetune_loss: str = "lovasz_hinge"
     lovasz_epochs: int = 0
@@ -145,14 +150,16 @@ class Config:
 # Allowed values beyond the type: key -> (check, what is allowed).
 _CHOICES = {
     "data.resize_mode": ("pad", "resize"),
-    "train.schedule": ("cosine", "plateau", "constant"),
+    "train.schedule": ("cosine", "plateau", "constant", "sgdr"),
     "train.loss": LOSSES,  # the loss registry itself (segnet.losses, importable without TensorFlow)
     "train.finetune_loss": LOSSES,
     "train.strategy": ("auto", "one_device", "mirrored"),
     "train.precision": ("float32", "mixed_float16"),
 }
 # Keys added after configs were first hashed -> their default, left out of Config.hash() at that value.
-_ADDED_KEYS = {"model.encoder": "unet", "train.finetune_loss": "lovasz_hinge"}
+_ADDED_KEYS = {"model.scse": False, "model.hypercolumn": False, "model.deep_supervision": False,
+               "model.encoder": "unet", "model.encoder_weights": None, "train.finetune_loss": "lovasz_hinge",
+               "train.cycles": 1}
 _RANGES = {
     "data.size": (32, 1024),
     "data.n_folds": (2, 100),
@@ -169,6 +176,7 @@ _RANGES = {
     "train.batch_size": (1, 4096),
     "train.lr": (1e-8, 10.0),
     "train.min_lr": (0.0, 10.0),
+    "train.cycles": (1, 100000),
     "train.lovasz_epochs": (0, 100000),
     "train.early_stopping": (0, 100000),
     "train.seed": (0, 2**32 - 1),  # what numpy's legacy seeding accepts
@@ -322,6 +330,12 @@ def _from_dict(d: dict) -> Config:
         )
     if cfg.data.fold >= cfg.data.n_folds:
         raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
+    if cfg.train.cycles > 1 and cfg.train.schedule != "sgdr":
+        raise ConfigError(f"config key 'train.cycles' ({cfg.train.cycles}) needs train.schedule=sgdr "
+                          f"(got {cfg.train.schedule!r}): only cosine annealing with warm restarts has cycles")
+    if cfg.train.cycles > cfg.train.epochs:
+        raise ConfigError(f"config key 'train.cycles' ({cfg.train.cycles}) must be <= train.epochs "
+                          f"({cfg.train.epochs}): every cycle needs an epoch")
     if (cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs
             and cfg.train.loss != cfg.train.finetune_loss):
         raise ConfigError(
@@ -330,10 +344,12 @@ def _from_dict(d: dict) -> Config:
     # Encoder, decoder name and options are checked against the registries (one place knows what each
     # takes), and the pair against each other: a decoder that needs pooling indices needs an encoder with them.
     from segnet.models.decoders import resolve_decoder
-    from segnet.models.encoders import check_pairing, resolve_encoder
+    from segnet.models.encoders import check_pairing, check_weights, resolve_encoder
 
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
-    check_pairing(resolve_encoder(cfg.model.encoder), spec)
+    encoder = resolve_encoder(cfg.model.encoder)
+    check_pairing(encoder, spec)
+    check_weights(encoder, cfg.model.encoder_weights, cfg.model.filters)
     return cfg
 
 
@@ -362,4 +378,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except ConfigError as e:
             raise ConfigError(f"{profile}: {e}") from None
     d = _apply_overrides(d, overrides)
-    return _from_dict(d)
+    cfg = _from_dict(d)
+    # A weights file must exist for the run about to start; checked here, not in _from_dict, so that a
+    # finished run's config.yaml (config_from_yaml: evaluate, predict) still loads once the file is gone.
+    from segnet.models.encoders import resolve_encoder, weights_file
+
+    weights_file(resolve_encoder(cfg.model.encoder), cfg.model.encoder_weights)
+    return cfg

@@ -174,17 +174,20 @@ def _log(parent, oof: OutOfFold) -> None:
 def _log_ensemble(uri: str, parent, oof: OutOfFold, cfg) -> None:
     """The fold ensemble as the parent's logged pyfunc model (mean of the fold models' logits at the
     out-of-fold threshold), so `segnet register`, `mlflow.pyfunc` and `mlflow models serve` take a cv run
-    like any other. The fold models come from the local checkpoints, else from the fold runs' models."""
-    from segnet import paths, tracking
+    like any other. The fold models come from the local checkpoints, else from the fold runs' models; a
+    fold that is a snapshot ensemble (sgdr cycles) brings each of its snapshots (as many in every fold)."""
+    from segnet import tracking
+    from segnet.runs import local_model_files
 
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for fold, run_id in zip(oof.folds["fold"], oof.folds["run_id"], strict=True):
-            local = paths.RUNS_DIR / run_id / "best.keras"
-            if not local.exists():
-                local = Path(tmp) / f"fold{fold}.keras"
-                tracking.load_logged_model(uri, run_id).save(local)
-            files.append(local)
+            local = local_model_files(run_id, cfg)
+            if not all(f.exists() for f in local):
+                dst = Path(tmp) / f"fold{fold}"
+                dst.mkdir()
+                local = tracking.download_logged_keras(uri, run_id, dst)
+            files += local
         parent.log_model(files, cfg, oof.metrics["oof_threshold"])
 
 

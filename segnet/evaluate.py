@@ -28,19 +28,22 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
                    threshold: float | None = None) -> dict:
     """Every number and picture of one model on one set of images (101x101 in, truth at 101x101).
 
+    ``model``: a Keras model, or a list of them (a snapshot ensemble of one run) evaluated as the mean of
+    their logits; its ``artifact_const_response`` (a property of one network) is its worst member's.
     ``threshold`` None: searched on these images (when eval.threshold_search), else the given one.
     Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure},
     "probabilities": (N,101,101) float32 salt probabilities (flip TTA when eval.tta)}.
     """
     from segnet.data.pipeline import from_network, to_network
-    from segnet.inference import predict_logits, probabilities_from_logits
+    from segnet.inference import probabilities_from_logits
     from segnet.metrics import artifacts, segmentation
     from segnet.models.decoders import resolve_decoder
 
     _, options = resolve_decoder(cfg.model.decoder, cfg.decoder)
+    models = model if isinstance(model, list) else [model]
     x = to_network(images, cfg.data.size, cfg.data.resize_mode)
-    logits_plain = predict_logits(model, x, cfg.train.batch_size, tta=False)
-    logits = predict_logits(model, x, cfg.train.batch_size, tta=True) if cfg.eval.tta else logits_plain
+    logits_plain = _mean_logits(models, x, cfg.train.batch_size, tta=False)
+    logits = _mean_logits(models, x, cfg.train.batch_size, tta=True) if cfg.eval.tta else logits_plain
     truth = masks[..., 0] > 0.5
     probs = probabilities_from_logits(logits, cfg.data.resize_mode)
     plain = from_network(logits_plain, cfg.data.resize_mode)[..., 0] > 0.0
@@ -58,7 +61,7 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     masks_net = to_network(masks, cfg.data.size, cfg.data.resize_mode, is_mask=True)
     pe = artifacts.artifact_periodic_energy(logits_plain)
     pe_gt = artifacts.artifact_periodic_energy_gt(masks_net)
-    const = const_response(model, spec, return_maps=True)
+    const = max((const_response(m, spec, return_maps=True) for m in models), key=lambda c: c["max"])
     metrics = {
         "val_tgs_map_plain": segmentation.tgs_map(truth, plain),
         "val_tgs_map_tta": segmentation.tgs_map(truth, probs > 0.5),
@@ -77,6 +80,15 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     figures = _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const["maps"], threshold,
                        cfg.eval.overlays)
     return {"metrics": metrics, "scores": scores, "figures": figures, "probabilities": probs}
+
+
+def _mean_logits(models: list, images_net: np.ndarray, batch_size: int, tta: bool) -> np.ndarray:
+    """The members' mean logits at network resolution (where the artifact metrics look). Mapping back to
+    101x101 is linear (a crop or a bilinear resize), so this is the mean of their 101x101 logits, what
+    ``inference.EnsemblePredictor`` (prediction, the logged model) computes."""
+    from segnet.inference import predict_logits
+
+    return np.mean([predict_logits(m, images_net, batch_size, tta=tta) for m in models], axis=0)
 
 
 def _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const_maps, threshold: float,
@@ -173,7 +185,9 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     (the real TGS folder, say) every image is. The run's tuned threshold is kept, never re-tuned on
     the data being evaluated. A `segnet cv` run is evaluated as its fold ensemble (the mean of the fold
     models' logits, the out-of-fold threshold), on another labelled folder only: every image of its own
-    data trained some fold model (its out-of-fold score is the run's ``oof_tgs_map``).
+    data trained some fold model (its out-of-fold score is the run's ``oof_tgs_map``). A snapshot
+    ensemble (sgdr, ``train.cycles`` > 1) is evaluated as it was at the end of its training: every metric,
+    on the mean of its snapshots' logits.
     """
     from segnet import tracking
     from segnet.data import load_dataset
@@ -197,8 +211,12 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     else:
         idx = np.arange(len(data.ids))
         subset = "all images"
-    what = (f"the fold ensemble of cv run {run_id} ({len(tr.members)} fold models, out-of-fold threshold "
-            f"{tr.threshold:.2f})" if is_cv else f"run {run_id}")
+    what = f"run {run_id}"
+    if is_cv:
+        what = (f"the fold ensemble of cv run {run_id} ({len(tr.members)} fold models, out-of-fold threshold "
+                f"{tr.threshold:.2f})")
+    elif tr.members:
+        what = f"the snapshot ensemble of run {run_id} ({len(tr.members)} snapshots)"
     print(f"evaluate: {what} on {data.dir} ({data.kind}, {subset}: {len(idx)} images)", flush=True)
     run = tracking.Run(tr.uri, run_id)
     run.set_tags({"segnet.eval_dataset": data.kind, "segnet.eval_data_fingerprint": data.fingerprint,
@@ -210,7 +228,8 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
         _log_evaluation(run, out, "eval_")
         metrics = out["metrics"]
     else:
-        metrics = evaluate_and_log(run, tr.model, tr.cfg, tr.spec, images, masks, ids, prefix="eval_",
+        model = [m.model for m in tr.members] or tr.model  # a snapshot ensemble, or one model
+        metrics = evaluate_and_log(run, model, tr.cfg, tr.spec, images, masks, ids, prefix="eval_",
                                    threshold=tr.threshold)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():

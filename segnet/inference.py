@@ -28,10 +28,14 @@ IMG_SIZE = 101
 
 
 def predict_logits(model, images_net: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:
-    """Logits at network resolution; with ``tta`` the mean of the plain and the flipped prediction."""
-    z = model.predict(images_net, batch_size=batch_size, verbose=0).astype(np.float32)
+    """Logits at network resolution; with ``tta`` the mean of the plain and the flipped prediction.
+    A deep-supervision model's gated ``logits`` output (its other outputs are for training)."""
+    from segnet.models.heads import mask_logits
+
+    z = np.asarray(mask_logits(model.predict(images_net, batch_size=batch_size, verbose=0)), dtype=np.float32)
     if tta:
-        zf = model.predict(images_net[:, :, ::-1], batch_size=batch_size, verbose=0).astype(np.float32)
+        zf = np.asarray(mask_logits(model.predict(images_net[:, :, ::-1], batch_size=batch_size, verbose=0)),
+                        dtype=np.float32)
         z = 0.5 * (z + zf[:, :, ::-1])
     return z
 

@@ -1,7 +1,8 @@
 """Kaggle submission from a trained run: ``id,rle_mask``, one row per image, RLE as the competition reads it.
 
 A `segnet cv` run predicts with its fold ensemble (the mean of the fold models' logits, the out-of-fold
-threshold); any other run, a cv fold's included, with its own model.
+threshold), a run trained with sgdr cycles with its snapshot ensemble (the mean of its snapshots' logits);
+any other run, a cv fold's included, with its own model.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def predict_run(run_id: str, images_dir: str | Path, out: str | Path, tta: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
     print(f"predict: {len(ids)} images in {seconds:.1f}s ({len(ids) / seconds:.0f} images/s, "
-          f"{f'fold ensemble of {len(tr.members)} models, ' if tr.members else ''}"
+          f"{f'{tr.ensemble} ensemble of {len(tr.members)} models, ' if tr.members else ''}"
           f"threshold {tr.threshold:.2f}, flip TTA {'on' if tta else 'off'}); "
           f"{int((df.rle_mask != '').sum())} with salt", flush=True)
     print(f"submission: {out}", flush=True)

@@ -2,13 +2,15 @@
 
 A `segnet cv` parent reads back as its fold ensemble: its config, the fold runs (``members``, each a
 TrainedRun) and the threshold tuned on the out-of-fold probabilities; ``TrainedRun.predictor()`` averages
-the fold models' logits.
+the fold models' logits. A run trained with ``train.schedule: sgdr`` and ``train.cycles`` > 1 reads back as
+its snapshot ensemble: one member per cycle's snapshot, averaged alike.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
@@ -26,17 +28,24 @@ class TrainedRun:
     model: object
     threshold: float
     spec: object
-    members: list[TrainedRun] = field(default_factory=list)  # a cv run: its fold runs (``model`` is None)
+    # An ensemble (``model`` is None): a cv run's fold runs, or a snapshot run's snapshots (this run, one model each).
+    members: list[TrainedRun] = field(default_factory=list)
+    ensemble: str = ""  # "fold" or "snapshot" when ``members``
+
+    def networks(self) -> list[TrainedRun]:
+        """The runs behind each network this run predicts with: itself, or its members' (a fold ensemble of
+        snapshot ensembles flattened; every fold has as many snapshots, so each fold weighs the same)."""
+        return [n for m in self.members for n in m.networks()] if self.members else [self]
 
     def predictor(self, tta: bool | None = None):
-        """An ``inference.Predictor`` of the model with the run's settings and threshold; for a cv run an
-        ``EnsemblePredictor``: the mean of the fold models' logits (each with flip TTA when ``tta``,
-        default the run's eval.tta) and the out-of-fold threshold."""
+        """An ``inference.Predictor`` of the model with the run's settings and threshold; for an ensemble an
+        ``EnsemblePredictor``: the mean of its networks' logits (each with flip TTA when ``tta``, default the
+        run's eval.tta) and the run's threshold (a cv run's: the out-of-fold one)."""
         from segnet.inference import EnsemblePredictor, Predictor
 
         tta = self.cfg.eval.tta if tta is None else bool(tta)
         if self.members:
-            return EnsemblePredictor([m.predictor(tta) for m in self.members], self.threshold)
+            return EnsemblePredictor([n.predictor(tta) for n in self.networks()], self.threshold)
         return Predictor.from_config(self.model, self.cfg, self.threshold, tta=tta)
 
 
@@ -50,8 +59,8 @@ def run_config(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> tupl
 
 
 def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainedRun:
-    """The run's resolved config (with ``overrides``), its best model and its tuned threshold; for a
-    `segnet cv` run, its fold runs and the out-of-fold threshold.
+    """The run's resolved config (with ``overrides``), its best model (or snapshot ensemble) and its tuned
+    threshold; for a `segnet cv` run, its fold runs and the out-of-fold threshold.
 
     The store is ``$MLFLOW_TRACKING_URI``, else a ``tracking.uri=`` override, else the default store.
     """
@@ -60,24 +69,45 @@ def load_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> Traine
         return _load_cv(uri, info, cfg, overrides)
     from segnet.models.decoders import resolve_decoder
 
-    local = paths.RUNS_DIR / run_id / "best.keras"
-    if cfg.tracking.log_model:
-        model = tracking.load_logged_model(uri, run_id)
-    elif local.exists():
-        import keras
-
-        from segnet.models import register_with_keras
-
-        register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
-
-        model = keras.models.load_model(local, compile=False)
-    else:
-        raise SegnetError(f"run '{run_id}' logged no model (tracking.log_model=false) and {local} is gone")
     threshold = info.data.metrics.get("best_threshold")
     if threshold is None:
         raise SegnetError(f"run '{run_id}' has no best_threshold: it did not finish training")
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
-    return TrainedRun(run_id, uri, cfg, model, float(threshold), spec)
+    models = _load_models(uri, run_id, cfg)
+    if len(models) == 1:
+        return TrainedRun(run_id, uri, cfg, models[0], float(threshold), spec)
+    members = [TrainedRun(run_id, uri, cfg, m, float(threshold), spec) for m in models]
+    return TrainedRun(run_id, uri, cfg, None, float(threshold), spec, members, ensemble="snapshot")
+
+
+def snapshot_name(cycle: int) -> str:
+    """The file of a finished run's snapshot of ``cycle`` (that cycle's best checkpoint), in its runs folder."""
+    return f"snapshot_c{cycle}.keras"
+
+
+def local_model_files(run_id: str, cfg: Config) -> list[Path]:
+    """The Keras files of a finished training run's model in its runs folder: ``best.keras``, or for a
+    snapshot ensemble (sgdr, ``train.cycles`` > 1) each cycle's ``snapshot_c{k}.keras``."""
+    rdir = paths.RUNS_DIR / run_id
+    if cfg.train.cycles > 1:
+        return [rdir / snapshot_name(k) for k in range(cfg.train.cycles)]
+    return [rdir / "best.keras"]
+
+
+def _load_models(uri: str, run_id: str, cfg: Config) -> list:
+    """The run's Keras models, uncompiled: its logged model's, else the files in its runs folder."""
+    if cfg.tracking.log_model:
+        return tracking.load_logged_models(uri, run_id)
+    local = local_model_files(run_id, cfg)
+    gone = [f for f in local if not f.exists()]
+    if gone:
+        raise SegnetError(f"run '{run_id}' logged no model (tracking.log_model=false) and {gone[0]} is gone")
+    import keras
+
+    from segnet.models import register_with_keras
+
+    register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
+    return [keras.models.load_model(f, compile=False) for f in local]
 
 
 def _load_cv(uri: str, info, cfg: Config, overrides) -> TrainedRun:
@@ -89,7 +119,7 @@ def _load_cv(uri: str, info, cfg: Config, overrides) -> TrainedRun:
         raise SegnetError(f"cv run '{run_id}' has no fold ensemble: it did not finish (run the same "
                           f"`segnet cv` again, or `segnet cv --resume {run_id}`)")
     members = [load_run(fold_id, overrides) for fold_id in folds.split(",")]
-    return TrainedRun(run_id, uri, cfg, None, float(threshold), members[0].spec, members)
+    return TrainedRun(run_id, uri, cfg, None, float(threshold), members[0].spec, members, ensemble="fold")
 
 
 def store_uri(overrides: list[str] | tuple[str, ...] = ()) -> str:

@@ -33,7 +33,7 @@ IMG_SIZE = 101
 
 def settings_from_config(cfg, threshold: float, members: int = 1) -> dict:
     """What prediction needs from a run: network size and mapping, flip TTA, threshold, batch size, and
-    how many Keras models it averages (``members`` > 1: a `segnet cv` fold ensemble)."""
+    how many Keras models it averages (``members`` > 1: a `segnet cv` fold ensemble or an sgdr run's snapshots)."""
     return {
         "size": int(cfg.data.size),
         "resize_mode": str(cfg.data.resize_mode),
@@ -69,8 +69,8 @@ class SaltSegmenter(mlflow.pyfunc.PythonModel):
     """Salt probability and mask at 101x101 for seismic images, with the run's settings.
 
     Only ``settings`` (a small dict, see ``settings_from_config``) is pickled; the Keras model is read in
-    ``load_context`` from the ``keras_model`` artifact, uncompiled (no training loss needed); a fold
-    ensemble (``settings["members"]`` > 1) reads ``keras_model_0`` ... and averages their logits.
+    ``load_context`` from the ``keras_model`` artifact, uncompiled (no training loss needed); a fold or
+    snapshot ensemble (``settings["members"]`` > 1) reads ``keras_model_0`` ... and averages their logits.
     """
 
     def __init__(self, settings: dict):

@@ -241,8 +241,8 @@ class Run:
         """Log the run's model as an MLflow pyfunc model (``segnet.serving.SaltSegmenter``) that loads with
         ``mlflow.pyfunc.load_model`` and serves with ``mlflow models serve`` without segnet installed.
 
-        The Keras file at ``keras_path`` is the artifact ``keras_model`` (a list of files: a fold ensemble
-        that averages their logits); the segnet package travels as ``code_paths``; the run's
+        The Keras file at ``keras_path`` is the artifact ``keras_model`` (a list of files: a fold or snapshot
+        ensemble that averages their logits); the segnet package travels as ``code_paths``; the run's
         data.size / resize_mode, eval.tta and ``threshold`` go in the model.
         """
         import segnet
@@ -364,34 +364,38 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str | Path
         raise SegnetError(f"run '{run_id}' has no artifact '{artifact_path}' ({str(e).splitlines()[0]})") from None
 
 
-def load_logged_model(uri: str, run_id: str):
-    """The run's logged Keras model, uncompiled (no custom loss needed; segnet's layers registered first).
-
-    Read straight from the Keras file inside the logged pyfunc model (its ``keras_model`` artifact), or
-    for runs logged with the older ``mlflow.keras`` flavour, from ``model/data/*.keras``.
-    """
-    import keras
+def download_logged_keras(uri: str, run_id: str, dst: str | Path) -> list[Path]:
+    """The Keras files inside the run's logged pyfunc model, downloaded into ``dst``: its ``keras_model``
+    artifact, or an ensemble's ``keras_model_0``, ``keras_model_1``, ... in order (a fold or snapshot
+    ensemble); for runs logged with the older ``mlflow.keras`` flavour, ``model/data/*.keras``."""
     import yaml
+
+    from segnet.serving import artifact_names
+
+    mlmodel = download_artifact(uri, run_id, f"{MODEL_NAME}/MLmodel", dst)
+    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+    artifacts = flavors.get("python_function", {}).get("artifacts", {})
+    if artifacts:
+        return [download_artifact(uri, run_id, f"{MODEL_NAME}/{artifacts[name]['path']}", dst)
+                for name in artifact_names(len(artifacts))]
+    data = download_artifact(uri, run_id, f"{MODEL_NAME}/{flavors.get('keras', {}).get('data', 'data')}", dst)
+    found = sorted(data.rglob("*.keras"))
+    if not found:
+        raise SegnetError(f"run '{run_id}' has no Keras file in its logged model")
+    return found[:1]
+
+
+def load_logged_models(uri: str, run_id: str) -> list:
+    """The run's logged Keras models (``download_logged_keras``: one, or an ensemble's members), uncompiled
+    (no custom loss needed; segnet's layers registered first)."""
+    import keras
 
     from segnet.models import register_with_keras
 
     register_with_keras()  # segnet's custom layers and losses, for Keras to load the model
-    from segnet.serving import KERAS_ARTIFACT
-
     with tempfile.TemporaryDirectory() as tmp:
-        mlmodel = download_artifact(uri, run_id, f"{MODEL_NAME}/MLmodel", tmp)
-        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
-        rel = flavors.get("python_function", {}).get("artifacts", {}).get(KERAS_ARTIFACT, {}).get("path")
-        if rel:
-            local = download_artifact(uri, run_id, f"{MODEL_NAME}/{rel}", tmp)
-        else:  # mlflow.keras flavour
-            data = download_artifact(uri, run_id, f"{MODEL_NAME}/{flavors.get('keras', {}).get('data', 'data')}", tmp)
-            found = sorted(data.rglob("*.keras"))
-            if not found:
-                raise SegnetError(f"run '{run_id}' has no Keras file in its logged model")
-            local = found[0]
         try:
-            return keras.models.load_model(local, compile=False)
+            return [keras.models.load_model(f, compile=False) for f in download_logged_keras(uri, run_id, tmp)]
         except (ValueError, TypeError, OSError) as e:
             raise SegnetError(f"run '{run_id}' has no loadable model ({_first_line(e)})") from None
 
@@ -463,7 +467,7 @@ def _signals_held() -> Iterator[None]:
                 signal.signal(sig, h)
 
 
-# -- the logged model (helpers of Run.log_model and load_logged_model) ----------------------------------
+# -- the logged model (helpers of Run.log_model and load_logged_models) --------------------------------
 def _serving_requirements() -> list[str]:
     """Pinned versions of what the pyfunc model imports when it loads and predicts (mlflow is added by MLflow)."""
     from importlib import metadata

@@ -1,13 +1,15 @@
 """Training: ``train(cfg)`` fits one U-Net, tracks everything in MLflow and returns the results.
 
 Per epoch: the exact ``val_iou`` / ``val_tgs_map`` on the whole validation fold (numpy, predictions
-mapped back to 101x101), a checkpoint of the best model by ``val_tgs_map``, and a resume state written
+mapped back to 101x101), a checkpoint of the best model by ``val_tgs_map`` (with ``train.schedule: sgdr``
+and ``train.cycles`` > 1 also of each cycle's best: a snapshot ensemble), and a resume state written
 atomically before the epoch's metrics go to MLflow in one batch: a run killed at any point resumes from
 its last finished epoch with no epoch missing or logged twice.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -78,8 +80,9 @@ def make_strategy(name: str):
 class TrainState:
     """Everything a resumed run needs besides the checkpoint files, written atomically each epoch.
 
-    ``checkpoint`` and ``best_checkpoint`` name the files of this very state (``last_e0003.keras``):
-    a kill between writing a checkpoint and writing the state leaves the previous, consistent pair.
+    ``checkpoint``, ``best_checkpoint`` and ``snapshots`` name the files of this very state
+    (``last_e0003.keras``, ``snapshot_c1_e0007.keras``): a kill between writing a checkpoint and writing
+    the state leaves the previous, consistent pair.
     """
 
     lr: float
@@ -92,6 +95,10 @@ class TrainState:
     train_time_s: float = 0.0
     checkpoint: str = ""
     best_checkpoint: str = ""
+    # A snapshot ensemble (sgdr, cycles > 1), per cycle begun: its best checkpoint's file, val_tgs_map, epoch.
+    snapshots: list[str] = field(default_factory=list)
+    snapshot_best: list[float] = field(default_factory=list)
+    snapshot_epoch: list[int] = field(default_factory=list)
 
     def save(self, rdir: Path) -> None:
         atomic_write_text(rdir / "state.json", json.dumps(dataclasses.asdict(self), indent=1))
@@ -186,11 +193,32 @@ def open_run(cfg: Config, uri: str, data, parent_run_id: str | None, extra_tags:
 
 # -- schedule --------------------------------------------------------------------------------------
 def learning_rate(cfg: Config, epoch: int, state: TrainState) -> float:
-    """The epoch's learning rate: cosine from lr to min_lr, plateau halving (kept in the state), or constant."""
+    """The epoch's learning rate: cosine from lr to min_lr, sgdr (cosine restarts: lr at each cycle's first
+    epoch, min_lr at its last; a one-epoch cycle is all restart), plateau halving (kept in the state), or constant."""
     t = cfg.train
     if t.schedule == "cosine":
-        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * epoch / max(1, t.epochs)))
+        return _cosine(t.lr, t.min_lr, epoch / max(1, t.epochs))
+    if t.schedule == "sgdr":
+        bounds = [*cycle_starts(t.epochs, t.cycles), t.epochs]
+        k = cycle_of(cfg, epoch)
+        return _cosine(t.lr, t.min_lr, (epoch - bounds[k]) / max(1, bounds[k + 1] - bounds[k] - 1))
     return state.lr
+
+
+def _cosine(lr: float, min_lr: float, t: float) -> float:
+    """Cosine annealing from ``lr`` (t = 0) to ``min_lr`` (t = 1)."""
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))
+
+
+def cycle_starts(epochs: int, cycles: int) -> list[int]:
+    """The first epoch (0-based) of each sgdr cycle: cycle k starts at floor(k * epochs / cycles), so cycles
+    differ by one epoch at most and the longer ones come last (10 epochs in 3 cycles: 3, 3 and 4)."""
+    return [k * epochs // cycles for k in range(cycles)]
+
+
+def cycle_of(cfg: Config, epoch: int) -> int:
+    """The sgdr cycle (0-based) of ``epoch``; 0 for every epoch of the other schedules (one cycle)."""
+    return bisect.bisect_right(cycle_starts(cfg.train.epochs, cfg.train.cycles), epoch) - 1
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -256,15 +284,19 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
 
     strategy = setup_runtime(cfg)
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
+    # Pretrained encoder weights are read (or downloaded) before the run exists, so a failure leaves none;
+    # a resumed run restores its checkpoint instead (one that finds nothing to resume fetches them later).
+    encoder_init = None if cfg.train.resume else encoder_weights(cfg)
     run, state, lock = open_run(cfg, uri, data, parent_run_id, extra_tags)
     rdir = run_dir(run.run_id)
     try:
         with tracking.run_guard(run), tracking.system_metrics(run, cfg.tracking.system_metrics):
             _end_dead_runs(cfg, uri, run.run_id)
             tracking.log_training_inputs(run, data, cfg, train_idx, val_idx)  # again on resume: kept once
-            model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state)
+            model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state, encoder_init)
             fit = _Fit(cfg, run, rdir, model, strategy, images, masks, train_idx,
                        to_network(images[val_idx], cfg.data.size, cfg.data.resize_mode), masks[val_idx])
+            _log_cycles(cfg)
             for epoch in range(state.epoch + 1, cfg.train.epochs):
                 if _run_epoch(fit, state, epoch):
                     break
@@ -286,21 +318,63 @@ def _lovasz_from(cfg: Config) -> int:
     return cfg.train.epochs - cfg.train.lovasz_epochs if cfg.train.lovasz_epochs else cfg.train.epochs
 
 
-def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: TrainState | None):
+def _log_cycles(cfg: Config) -> None:
+    """What sgdr will do: its cycles, the snapshots kept, and that early stopping is off."""
+    t = cfg.train
+    if t.schedule != "sgdr":
+        return
+    bounds = [*cycle_starts(t.epochs, t.cycles), t.epochs]
+    spans = ", ".join(f"{a + 1}-{b}" for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    kept = "; the best checkpoint of each is kept, the model is their ensemble" if t.cycles > 1 else ""
+    log(f"sgdr: {t.cycles} cycle(s) of epochs {spans}, lr {t.lr:g} -> {t.min_lr:g} in each{kept}")
+    if t.early_stopping:
+        log("note: train.early_stopping does not apply with train.schedule=sgdr: every cycle runs to its end")
+
+
+def compile_model(model, optimizer, loss_name: str) -> None:
+    """Compile with the loss ``loss_name``: alone, or as the mask losses of a deep-supervision model
+    beside its salt classifier's (:func:`segnet.models.heads.compile_losses`)."""
+    from segnet.models import heads
+
+    loss, weights = heads.compile_losses(model, loss_name)
+    model.compile(optimizer=optimizer, loss=loss, loss_weights=weights)
+
+
+def encoder_weights(cfg: Config):
+    """``apply(model)`` for the pretrained encoder weights ``model.encoder_weights`` names, read or
+    downloaded now; None when there are none. Re-seeds afterwards: building the source backbone draws
+    random initial values, which must not shift the model's own initialisation."""
+    import keras
+
+    from segnet.models.encoders import fetch_weights
+
+    if cfg.model.encoder_weights is None:
+        return None
+    log(f"encoder weights: {cfg.model.encoder_weights}")
+    apply = fetch_weights(cfg)
+    keras.utils.set_random_seed(cfg.train.seed)
+    return apply
+
+
+def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: TrainState | None, encoder_init=None):
     """Stage 2: a new model (params, config and a resume state at epoch -1 written before any epoch,
-    so even a kill during the first epoch resumes this run) or the checkpoint of the resume state."""
+    so even a kill during the first epoch resumes this run) or the checkpoint of the resume state.
+    A new model starts from the pretrained encoder weights ``encoder_init`` copies in (:func:`encoder_weights`;
+    fetched here when the run was meant to resume), a restored one keeps its checkpoint's."""
     import keras
 
     from segnet import evaluate
-    from segnet.losses import get_loss
     from segnet.models import build_model, count_params
 
+    apply = None if state is not None else encoder_init or encoder_weights(cfg)
     with strategy.scope():
         if state is not None:
             model = keras.models.load_model(rdir / state.checkpoint)
         else:
             model = build_model(cfg)
-            model.compile(optimizer=keras.optimizers.Adam(cfg.train.lr), loss=get_loss(cfg.train.loss))
+            if apply is not None:
+                log(f"encoder weights: {apply(model)} encoder layers loaded from {cfg.model.encoder_weights}")
+            compile_model(model, keras.optimizers.Adam(cfg.train.lr), cfg.train.loss)
     if state is not None:
         _relog_missing_epochs(run, state)
         return model, state
@@ -312,37 +386,59 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
     return model, state
 
 
-def _save_checkpoint(model, state: TrainState, rdir: Path, improved: bool) -> None:
-    """Checkpoint files named by epoch, then the state that names them, then the old files go."""
+def _save_checkpoint(model, state: TrainState, rdir: Path, improved: bool, snapshot: int | None = None) -> None:
+    """Checkpoint files named by epoch, then the state that names them, then the old files go.
+    ``snapshot``: the cycle whose best checkpoint this epoch is (a snapshot ensemble), if any."""
     tag = f"e{state.epoch + 1:04d}"  # e0000: the initial model
-    old = {state.checkpoint, state.best_checkpoint}
+    old = {state.checkpoint, state.best_checkpoint, *state.snapshots}
     state.checkpoint = f"last_{tag}.keras"
     atomic_write(rdir / state.checkpoint, model.save)
     if improved:
         state.best_checkpoint = f"best_{tag}.keras"
         atomic_write(rdir / state.best_checkpoint, model.save)
+    if snapshot is not None:
+        state.snapshots[snapshot] = f"snapshot_c{snapshot}_{tag}.keras"
+        atomic_write(rdir / state.snapshots[snapshot], model.save)
     state.save(rdir)
-    for name in old - {state.checkpoint, state.best_checkpoint, ""}:
+    for name in old - {state.checkpoint, state.best_checkpoint, *state.snapshots, ""}:
         (rdir / name).unlink(missing_ok=True)
+
+
+def _snapshot_improved(cfg: Config, state: TrainState, epoch: int, score: float) -> int | None:
+    """A snapshot ensemble (sgdr, cycles > 1): the cycle of ``epoch`` when ``score`` is its best so far (noted
+    in the state; its checkpoint is the cycle's snapshot), else None. None always for a single model."""
+    if cfg.train.cycles == 1:
+        return None
+    k = cycle_of(cfg, epoch)
+    while len(state.snapshots) <= k:  # the cycle's first epoch
+        state.snapshots.append("")
+        state.snapshot_best.append(-1.0)
+        state.snapshot_epoch.append(-1)
+    if score <= state.snapshot_best[k]:
+        return None
+    state.snapshot_best[k], state.snapshot_epoch[k] = score, epoch
+    return k
 
 
 def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     """Stage 3: one epoch (train, validate, checkpoint, state, metrics). True: stop early."""
     from segnet.data.pipeline import make_dataset
     from segnet.losses import get_loss
+    from segnet.models import heads
 
     cfg, model = fit.cfg, fit.model
     want_loss = cfg.train.finetune_loss if epoch >= _lovasz_from(cfg) else cfg.train.loss
-    if model.loss is not get_loss(want_loss):
+    if heads.loss_name_of(model) != want_loss:
         log(f"epoch {epoch + 1}: fine-tuning with {want_loss}")
         with fit.strategy.scope():
-            model.compile(optimizer=model.optimizer, loss=get_loss(want_loss))
+            compile_model(model, model.optimizer, want_loss)
     lr = learning_rate(cfg, epoch, state)
     model.optimizer.learning_rate.assign(lr)
 
     # The epoch's order and augmentation depend on (seed, epoch) only: a resumed run sees what the
     # uninterrupted one would have seen.
     train_ds = make_dataset(fit.images[fit.train_idx], fit.masks[fit.train_idx], cfg, training=True, epoch=epoch)
+    train_ds = heads.targets(model, train_ds)  # one mask target per loss of a deep-supervision model
     fit_verbose = 1 if sys.stdout.isatty() else 0
     t0 = time.perf_counter()
     if fit_verbose:
@@ -366,16 +462,18 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
         state.wait += 1
         if cfg.train.schedule == "plateau" and state.wait % 3 == 0:
             state.lr = max(cfg.train.min_lr, state.lr * 0.5)
+    snapshot = _snapshot_improved(cfg, state, epoch, metrics["val_tgs_map"])
     state.epoch = epoch
     state.train_time_s += epoch_time
     for k in EPOCH_METRICS:
         state.history[k].append(metrics[k])
-    _save_checkpoint(model, state, fit.rdir, improved)
+    _save_checkpoint(model, state, fit.rdir, improved, snapshot)
     fit.run.log_metrics(metrics, step=epoch)
     log(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
         f"val_iou {metrics['val_iou']:.4f}  val_tgs_map {metrics['val_tgs_map']:.4f}{' *' if improved else '  '}  "
         f"lr {lr:.2e}  {epoch_time:.1f}s  {metrics['train_images_per_s']:.0f} img/s")
-    if cfg.train.early_stopping and state.wait >= cfg.train.early_stopping and epoch < _lovasz_from(cfg):
+    patience = 0 if cfg.train.schedule == "sgdr" else cfg.train.early_stopping  # sgdr: every cycle runs
+    if patience and state.wait >= patience and epoch < _lovasz_from(cfg):
         log(f"early stopping: no better val_tgs_map for {state.wait} epochs")
         return True
     return False
@@ -383,32 +481,83 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
 
 def _finish(fit: _Fit, state: TrainState, spec, val_images, val_masks, val_ids) -> dict:
     """Stage 4: the best checkpoint becomes best.keras, is evaluated (threshold, artifacts, plots),
-    and its metrics, learning curves and model are logged."""
+    and its metrics, learning curves and model are logged. A snapshot ensemble (sgdr, cycles > 1) is
+    evaluated and logged instead of the best checkpoint: the mean of its snapshots' logits."""
     import keras
 
     from segnet import evaluate, plots
     from segnet.models import count_params
 
-    log("final evaluation of the best checkpoint (threshold search, artifact metrics, plots)")
+    what = f"snapshot ensemble ({len(state.snapshots)} snapshots)" if state.snapshots else "best checkpoint"
+    log(f"final evaluation of the {what} (threshold search, artifact metrics, plots)")
     best_path = fit.rdir / "best.keras"
     if state.best_checkpoint and (fit.rdir / state.best_checkpoint).exists():
         os.replace(fit.rdir / state.best_checkpoint, best_path)
         state.best_checkpoint = "best.keras"
         state.save(fit.rdir)
     best = keras.models.load_model(best_path)
-    final = evaluate.evaluate_and_log(fit.run, best, fit.cfg, spec, val_images, val_masks, val_ids, prefix="")
+    gate = _tune_gate(fit, best, best_path)
+    snapshots = _final_snapshots(fit, state)
+    final = evaluate.evaluate_and_log(fit.run, [m for _, m in snapshots] or best, fit.cfg, spec, val_images,
+                                      val_masks, val_ids, prefix="")
+    final.update(gate)
     final.update(
         best_val_tgs_map=state.best,
         best_val_iou=state.history["val_iou"][state.best_epoch],
         best_epoch=state.best_epoch + 1,
         train_time_s=state.train_time_s,
         params_count=count_params(best),
+        **_snapshot_metrics(state),
     )
     fit.run.log_metrics(final)
     fit.run.log_figure(plots.plot_learning_curves(state.history), "plots/learning_curves.png")
     if fit.cfg.tracking.log_model:
-        fit.run.log_model(best_path, fit.cfg, final["best_threshold"])
+        fit.run.log_model([p for p, _ in snapshots] or best_path, fit.cfg, final["best_threshold"])
     return final
+
+
+def _final_snapshots(fit: _Fit, state: TrainState) -> list[tuple[Path, object]]:
+    """A snapshot ensemble's (path, model) per cycle: its best checkpoint renamed ``snapshot_c{k}.keras``
+    (the state follows each rename, so a kill here resumes into the same), loaded and gated like the best
+    checkpoint; [] for a single model."""
+    import keras
+
+    from segnet.runs import snapshot_name
+
+    out = []
+    for k, name in enumerate(state.snapshots):
+        path = fit.rdir / snapshot_name(k)
+        if name != path.name and (fit.rdir / name).exists():
+            os.replace(fit.rdir / name, path)
+            state.snapshots[k] = path.name
+            state.save(fit.rdir)
+        model = keras.models.load_model(path)
+        _tune_gate(fit, model, path)
+        out.append((path, model))
+    return out
+
+
+def _snapshot_metrics(state: TrainState) -> dict:
+    """The count of snapshots and, per snapshot, its val_tgs_map and epoch (1-based); {} for a single model."""
+    out = {"snapshots": len(state.snapshots)} if state.snapshots else {}
+    for k, (score, epoch) in enumerate(zip(state.snapshot_best, state.snapshot_epoch, strict=True)):
+        out.update({f"snapshot{k}_val_tgs_map": score, f"snapshot{k}_epoch": epoch + 1})
+    return out
+
+
+def _tune_gate(fit: _Fit, model, path: Path) -> dict:
+    """A deep-supervision model: its empty-mask gate's threshold tuned on validation and saved into the
+    model file (so evaluation, predict and the logged model all gate alike); {} for other models."""
+    from segnet.models import heads
+
+    if not heads.is_supervised(model):
+        return {}
+    gate = heads.tune_gate(model, fit.val_images_net, fit.val_masks, fit.cfg.data.resize_mode, fit.cfg.train.batch_size)
+    atomic_write(path, model.save)
+    log(f"empty-mask gate: threshold {gate['gate_threshold']:.2f} empties {gate['gate_emptied']:.1%} of validation "
+        f"images ({gate['gate_false_empty']:.1%} wrongly); tgs_map {gate['val_tgs_map_ungated']:.4f} ungated -> "
+        f"{gate['val_tgs_map_gated']:.4f} gated (threshold 0.5)")
+    return gate
 
 
 def _relog_missing_epochs(run, state: TrainState) -> None:

@@ -86,7 +86,7 @@ def test_the_logged_model_loads_uncompiled(trained):
     from segnet import tracking
 
     run_id, uri = trained
-    model = tracking.load_logged_model(uri, run_id)
+    (model,) = tracking.load_logged_models(uri, run_id)
     assert not model.compiled and model.output_shape[1:] == (64, 64, 1)
 
 

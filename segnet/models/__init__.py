@@ -32,6 +32,7 @@ def register_with_keras() -> None:
     """Register segnet's custom layers and losses with Keras (idempotent): after this,
     ``keras.models.load_model`` reloads any segnet model, compiled or not, without ``custom_objects``."""
     importlib.import_module("segnet.models.layers")
+    importlib.import_module("segnet.models.heads")  # the deep-supervision losses
     from segnet.losses import register_with_keras as register_losses
 
     register_losses()

@@ -5,6 +5,7 @@ Two kinds live here:
 * **operators** without weights — :class:`MaxPoolWithArgmax`, :class:`MaxUnpool2D`, :class:`BedOfNails2D`,
   :class:`PixelShuffle2D`, :class:`ChannelGroupSum`;
 * :class:`FusedBatchNormalization` — Keras' BatchNormalization on TF's fused kernel (same weights);
+* :class:`EmptyGate` — the empty-mask gate of deep supervision (:mod:`segnet.models.heads`);
 * **upsamplers** — one layer per decoder holding its whole upsampling operator (resize or unpool *and*
   its convolution), so that the model has exactly one ``decoder{stage}_up`` layer per stage that the
   artifact metrics can feed a constant map: :class:`ResizeConv2D`, :class:`BilinearAdditiveConv2D`,
@@ -215,6 +216,38 @@ class ChannelGroupSum(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class EmptyGate(keras.layers.Layer):
+    """``[mask logits (B,H,W,1), salt logit (B,1)]`` → the mask logits, or ``EMPTY_LOGIT`` everywhere for an
+    image whose salt probability is below ``threshold`` (a non-trainable weight: tuned after training,
+    saved with the model). See :mod:`segnet.models.heads`."""
+
+    EMPTY_LOGIT = -30.0  # sigmoid ~ 1e-13: below any binarisation threshold
+
+    def __init__(self, threshold: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_threshold = float(threshold)
+
+    def build(self, input_shape):
+        self.threshold = self.add_weight(name="threshold", shape=(), trainable=False,
+                                         initializer=keras.initializers.Constant(self.initial_threshold))
+
+    def call(self, inputs):
+        logits, salt = inputs
+        keep = tf.sigmoid(tf.cast(salt, tf.float32)) >= tf.cast(self.threshold, tf.float32)  # (B, 1)
+        keep = tf.reshape(keep, [-1, 1, 1, 1])
+        return tf.where(keep, logits, tf.cast(self.EMPTY_LOGIT, logits.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.initial_threshold}
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -457,6 +490,7 @@ CUSTOM_OBJECTS = {
         BedOfNails2D,
         PixelShuffle2D,
         ChannelGroupSum,
+        EmptyGate,
         FusedBatchNormalization,
         ICNR,
         ResizeConv2D,

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from segnet.errors import ConfigError
+from segnet.models import heads
 from segnet.models.decoders import DecoderSpec, resolve_decoder
 from segnet.models.encoders import EncoderOutput, EncoderSpec, check_pairing, resolve_encoder
 from segnet.models.encoders import unet as _unet_encoder
@@ -45,6 +46,11 @@ def encoder(x, *, depth: int, filters: int, residual: bool = False, dropout: flo
     bottleneck block."""
     return tuple(_unet_encoder.build(x, depth=depth, filters=filters, residual=residual, dropout=dropout,
                                      with_indices=with_indices, batch_norm=batch_norm))
+
+
+def _switch(cfg, key: str) -> bool:
+    """A boolean ``model.<key>`` (absent: off, for config-like objects without it)."""
+    return bool(getattr(cfg.model, key, False))
 
 
 def _checked(cfg) -> tuple[int, int, int, bool, float]:
@@ -77,14 +83,22 @@ def assemble(cfg, *, batch_norm=None) -> UNet:
                          with_indices=spec.needs_indices, batch_norm=batch_norm)
     if len(features.skips) != depth or len(features.indices) != depth:
         raise ValueError(f"encoder {enc.name!r} returned {len(features.skips)} skips for depth {depth}")
-    x = features.bottleneck
+    x, stages = features.bottleneck, []
     for stage in range(1, depth + 1):
         level = depth - stage
         x = block(x, features.skips[level], filters=filters * 2**level, stage=stage, indices=features.indices[level],
                   residual=residual, batch_norm=batch_norm)
+        if _switch(cfg, "scse"):
+            x = heads.scse(x, name=f"decoder{stage}_scse")
+        stages.append(x)
+    if _switch(cfg, "hypercolumn"):
+        x = heads.hypercolumn(stages, size)
     # The head stays float32 under mixed precision: logits feed the loss and the metrics.
-    logits = keras.layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
-    model = keras.Model(inputs, logits, name=f"{enc.name}_{spec.name}")
+    if _switch(cfg, "deep_supervision"):
+        outputs = heads.supervised_outputs(heads.logit_conv(x, heads.MASK_OUTPUT), stages, features.bottleneck, size)
+    else:
+        outputs = heads.logit_conv(x, "logits")
+    model = keras.Model(inputs, outputs, name=f"{enc.name}_{spec.name}")
     return UNet(model=model, encoder=enc, decoder=spec, options=options, features=features)
 
 
@@ -92,7 +106,9 @@ def build_model(cfg, *, batch_norm=None) -> keras.Model:
     """A U-Net ``<encoder>_<decoder>`` (``unet_transposed``) for ``cfg``: input (size, size, 1) float32 →
     logits (size, size, 1) float32.
 
-    Reads ``cfg.data.size``, ``cfg.model.{encoder, decoder, depth, filters, residual, dropout}`` and
+    Reads ``cfg.data.size``, ``cfg.model.{encoder, decoder, depth, filters, residual, dropout, scse,
+    hypercolumn, deep_supervision}`` (:mod:`segnet.models.heads`; deep supervision makes the outputs a
+    dict whose ``logits`` entry is the gated mask) and
     ``cfg.decoder`` (decoder options; ``None`` = default). Any object with those attributes works (e.g.
     SimpleNamespace; no ``model.encoder``: ``unet``).
     ``batch_norm``: the batch-norm layer class of every conv block, called as ``batch_norm(name=...)``

@@ -13,7 +13,7 @@ from typing import Any
 
 from segnet.models.registry import DEFAULT_ORDER
 
-__all__ = ["EncoderOutput", "EncoderSpec"]
+__all__ = ["EncoderOutput", "EncoderSpec", "EncoderWeights"]
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,28 @@ class EncoderOutput:
 
 
 @dataclass(frozen=True)
+class EncoderWeights:
+    """How an encoder takes pretrained weights (``model.encoder_weights``: a named source or a file path).
+
+    ``fetch(source)`` reads or downloads them now (a :class:`~segnet.errors.SegnetError` naming
+    ``model.encoder_weights`` when it cannot) and returns ``apply(model)``, which copies them into the
+    encoder layers of a built model and returns how many layers it filled. Fetching comes before a
+    training run is created, so a failed download leaves no run behind.
+    """
+
+    filters: int  # the model.filters the weights were trained at
+    sources: tuple[str, ...]  # the named sources (e.g. "imagenet"); any other value is a file path
+    fetch: Callable[[str], Callable[[Any], int]]
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
-    """A registered encoder: ``build(x, *, depth, filters, ...)`` → :class:`EncoderOutput`."""
+    """A registered encoder: ``build(x, *, depth, filters, ...)`` → :class:`EncoderOutput`; ``weights``:
+    how it takes pretrained weights, None when it takes none."""
 
     name: str
     description: str
     provides_indices: bool
     build: Callable[..., EncoderOutput]
     order: int = DEFAULT_ORDER
+    weights: EncoderWeights | None = None
