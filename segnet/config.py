@@ -134,13 +134,18 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def variant(self) -> str:
-        """Human label of the decoder variant, e.g. ``transposed_k3`` or ``upsampling_bilinear``."""
+        """Human label of the model variant: the decoder's (``transposed_k3``, ``upsampling_bilinear``), then
+        ``+<encoder>`` when it is not ``unet`` and ``+<head>`` per head switched on (``+scse``,
+        ``+hypercolumn``, ``+deep_supervision``): ``transposed_k3+resnet+scse``."""
         if self.tracking.variant:
             return self.tracking.variant
         from segnet.models.decoders import resolve_decoder
 
         spec, opts = resolve_decoder(self.model.decoder, self.decoder)
-        return spec.label(opts)  # abbreviations live on the decoder's options (Option.label)
+        m = self.model
+        extras = [m.encoder] if m.encoder != "unet" else []
+        extras += [h for h in ("scse", "hypercolumn", "deep_supervision") if getattr(m, h)]
+        return "+".join([spec.label(opts), *extras])  # abbreviations live on the decoder's options (Option.label)
 
     def replace(self, overrides: list[str] | tuple[str, ...]) -> Config:
         """A new validated config with ``key=value`` overrides applied."""

@@ -36,6 +36,19 @@ def test_default_ablation_plans_eight_variants():
     assert plan(None, seeds=3).children[-1].seed == p.children[0].seed + 2
 
 
+def test_components_ablation_switches_one_component_per_variant():
+    """configs/ablation/components.yaml: the reference is configs/tgs.yaml itself, every other variant
+    differs from it in exactly the keys it names (one component each)."""
+    p = plan(paths.CONFIGS / "ablation" / "components.yaml")
+    ref, *others = p.children
+    assert ref.variant == "reference" and p.profile.name == "tgs.yaml"
+    base = {k: v for k, v in ref.cfg.flat().items() if k != "tracking.variant"}
+    spec = yaml.safe_load((paths.CONFIGS / "ablation" / "components.yaml").read_text())["variants"]
+    for c in others:
+        diff = {k for k, v in c.cfg.flat().items() if k != "tracking.variant" and base[k] != v}
+        assert diff == set(spec[c.variant]), (c.variant, diff)
+
+
 @pytest.mark.parametrize("spec, culprit", [
     ({"variants": {"a": {"model.decoder": "transposed"}}, "sedes": 2}, "sedes"),
     ({"variants": {"a": {"model.decoder": "nope"}}}, "variant 'a'"),

@@ -177,3 +177,10 @@ def test_head_switches_default_off_and_keep_old_hashes():
     assert (cfg.model.scse, cfg.model.hypercolumn, cfg.model.deep_supervision) == (False, False, False)
     assert cfg.hash() == load_config(None, ["model.scse=false"]).hash()
     assert cfg.hash() != load_config(None, ["model.scse=true"]).hash()
+
+
+def test_variant_label_names_the_encoder_and_the_heads():
+    assert load_config(None, []).variant() == "transposed_k3"
+    assert load_config(None, ["model.encoder=resnet", *ALL_HEADS]).variant() == \
+        "transposed_k3+resnet+scse+hypercolumn+deep_supervision"
+    assert load_config(None, ["model.scse=true", "tracking.variant=mine"]).variant() == "mine"
