@@ -549,7 +549,18 @@ def log_dataset(run: Run, name: str, digest: str, folder: str | Path, context: s
     ds = Dataset(name=name, digest=digest, source_type="local",
                  source=json.dumps({"uri": str(Path(folder).resolve())}),
                  schema=json.dumps(_DATASET_SCHEMA), profile=json.dumps(profile))
-    run.client.log_inputs(run.run_id, [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+    inputs = [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    for attempt in range(3):
+        try:
+            run.client.log_inputs(run.run_id, inputs)
+            return
+        except mlflow.exceptions.MlflowException as e:
+            # Two runs logging the same new dataset at once (parallel ablation or cv children): MLflow
+            # looks the dataset up, then inserts it, and the slower insert hits the unique key. The row
+            # exists now, so the retry links it.
+            if "UNIQUE constraint failed" not in str(e) or attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def log_training_inputs(run: Run, data, cfg, train_idx, val_idx) -> None:

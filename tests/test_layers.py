@@ -79,6 +79,9 @@ CASES: dict[str, list[Case]] = {
              id="glorot"),
     ],
     "UnpoolConv2D": [Case({"channels": 3, "kernel_size": 1}, _unpool_conv_inputs, (2, 6, 8, 3), trainable=2)],
+    # The gate is a hard decision: no gradient reaches the classifier through it (its own loss trains it).
+    "EmptyGate": [Case({"threshold": 0.4}, lambda: [_x(2, 3, 4, 1), np.array([[1.0], [-1.0]], np.float32)],
+                       (2, 3, 4, 1), non_trainable=1, differentiable=False)],
 }
 
 INITIALIZER_CASES: dict[str, list[dict]] = {

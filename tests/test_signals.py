@@ -228,3 +228,36 @@ def test_signal_during_run_creation_is_deferred_until_the_run_is_known(tmp_path,
     (run_id,) = tracking._open_runs
     assert tracking.end_open_runs(stopped=True) == [run_id]
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED" and not tracking._open_runs
+
+
+def test_same_new_dataset_logged_by_two_runs_at_once_is_retried(tmp_path, monkeypatch):
+    """Parallel children log the same new dataset: MLflow looks it up, then inserts it, and the slower
+    insert hits the unique key (CI saw a cv fold fail so). The retry links the row the other one made."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from segnet import tracking
+    from tests.procs import store_uri
+
+    uri = store_uri(tmp_path)
+    first, second = (tracking.create_run(uri, "race", n, {}) for n in ("a", "b"))
+    real, calls = MlflowClient.log_inputs, []
+
+    def racing(self, run_id, datasets=None, **kwargs):
+        calls.append(run_id)
+        if len(calls) == 1:  # the other run inserts the row between this one's lookup and insert
+            real(self, first.run_id, datasets, **kwargs)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(self, run_id, datasets, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    tracking.log_dataset(second, "tgs", "abc123", tmp_path, "training", {"images": 3})
+    assert calls == [second.run_id, second.run_id]
+    for r in (first, second):
+        (ds,) = MlflowClient(uri).get_run(r.run_id).inputs.dataset_inputs
+        assert (ds.dataset.name, ds.dataset.digest) == ("tgs", "abc123")
+    monkeypatch.setattr(MlflowClient, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
+    with pytest.raises(MlflowException, match="other"):  # any other error is not retried
+        tracking.log_dataset(second, "tgs", "abc123", tmp_path, "validation", {})
+    tracking.end_open_runs(stopped=False)
