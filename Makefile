@@ -22,6 +22,8 @@ IMAGES ?= data/synthetic/test/images
 OUT ?= submission.csv
 SEEDS ?=
 JOBS ?=
+PLAN ?=
+SUMMARIZE ?=
 TTA ?=
 QUICK ?=
 LEVERS ?=
@@ -76,12 +78,14 @@ predict: $(STAMP) ## write a Kaggle submission: RUN=<run id> (or MODEL=models:/<
 register: $(STAMP) ## register a run's logged model in the MLflow model registry: RUN=<run id> NAME=segnet-tgs ALIAS=champion
 	$(PY) -m segnet register --run-id $(RUN) --name $(NAME) --alias '$(ALIAS)'
 
-ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS=
-	$(PY) -m segnet ablate $(CFG) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) \
-	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS)
+ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS= (PLAN=1, SUMMARIZE=<id>: other schedulers)
+	$(if $(PLAN),@)$(PY) -m segnet ablate $(if $(SUMMARIZE),--summarize $(SUMMARIZE) $(ARGS),$(CFG) \
+	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) \
+	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS))
 
-cv: $(STAMP) ## k-fold cross-validation of one config, a child run per fold: DECODER= EPOCHS= DATA= CONFIG= JOBS= ARGS=
-	$(PY) -m segnet cv $(CFG) $(if $(JOBS),--jobs $(JOBS)) $(OVR)
+cv: $(STAMP) ## k-fold cross-validation of one config, a child run per fold: DECODER= EPOCHS= DATA= CONFIG= JOBS= ARGS= (PLAN=1, SUMMARIZE=<id>: other schedulers)
+	$(if $(PLAN),@)$(PY) -m segnet cv $(if $(SUMMARIZE),--summarize $(SUMMARIZE) $(ARGS),$(CFG) \
+	  $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) $(OVR))
 
 bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 short, LEVERS=1 lever by lever)
 	$(PY) -m segnet bench $(if $(QUICK),--quick) $(if $(LEVERS),--levers)

@@ -6,13 +6,16 @@ skipped and an unfinished one resumes from its last epoch. Each child is a `segn
 them all (their runs end KILLED). A running ablation holds a lock: a second `ablate` of the same
 config is refused instead of training the same children twice. The parent, its lock and the scheduler
 of the children are ``segnet.children``, shared with `segnet cv`. With ``folds: all`` in the ablation
-file the children are variant x seed x fold (tag ``segnet.fold``).
+file the children are variant x seed x fold (tag ``segnet.fold``). For a scheduler of one's own (Slurm
+arrays, Kubernetes Jobs), ``plan_lines`` (`--plan`) prints the children's commands instead of running them,
+and ``summarize_run`` (`--summarize ID`) ends the ablation from its parent run's id alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +26,18 @@ import pandas as pd
 import yaml
 
 from segnet import paths
-from segnet.children import Child, ParentSpec, find_or_create_parent, train_children
+from segnet.children import (
+    Child,
+    ParentSpec,
+    find_or_create_parent,
+    finished_runs,
+    finished_so_far,
+    fold_of,
+    held_parent,
+    parent_run,
+    train_children,
+    unfinished_commands,
+)
 from segnet.config import Config, load_config
 from segnet.errors import ConfigError, SegnetError
 
@@ -86,7 +100,7 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
                     cfg = load_config(profile, over)
                 except ConfigError as e:
                     raise ConfigError(f"{f}: variant '{name}': {e}") from None
-                label = f"{name} s{seed}" + (f" f{cfg.data.fold}" if len(folds) > 1 else "")
+                label = _label(name, seed, cfg.data.fold, len(folds))
                 children.append(Child(name, seed, cfg, over, label=label))
     # One fold: the hash of the ablations made before `folds` existed (the fold is in each config's hash).
     key = [[c.variant, c.seed, c.cfg.hash()] if len(folds) == 1 else [c.variant, c.seed, c.fold, c.cfg.hash()]
@@ -94,6 +108,11 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
     h = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment,
                         Path(profile) if profile else None, folds)
+
+
+def _label(variant: str, seed: int, fold: int, n_folds: int) -> str:
+    """How a child's output and progress lines name it: ``variant sSEED``, ``fFOLD`` added over several folds."""
+    return f"{variant} s{seed}" + (f" f{fold}" if n_folds > 1 else "")
 
 
 def _folds(f: Path, value, base: Config) -> list[int]:
@@ -121,16 +140,12 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
     from segnet import tracking
 
     p = plan(config_file, overrides, seeds)
-    register = p.children[0].cfg.tracking.register
-    if register and not p.children[0].cfg.tracking.log_model:
-        raise ConfigError(f"tracking.register={register} needs tracking.log_model=true (nothing to register)")
+    register = _register_name(p)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.children[0].cfg)
     parent, lock = _find_or_create_parent(uri, p, resume)
-    folds = f" x {len(p.folds)} folds" if len(p.folds) > 1 else ""
-    print(f"ablation_run_id: {parent.run_id}  ({len(p.variants)} variants x {p.n_seeds} seeds{folds}, "
-          f"hash {p.hash})", flush=True)
+    _announce(p, parent.run_id)
 
     # A restarted ablation adds its time to the time the earlier invocations spent.
     t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
@@ -138,9 +153,7 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
         with tracking.run_guard(parent):
             train_children(uri, p.experiment, parent.run_id, p.children, p.profile, jobs, id_tag=ID_TAG,
                            who="ablate")
-            summary, per_image = summarize(uri, p, parent.run_id)
-            wall = time.perf_counter() - t0
-            _log_summary(parent, summary, per_image, wall, register=register)
+            summary, wall = _conclude(uri, p, parent, t0, register)
     finally:
         lock.release()
     print(summary_markdown(summary), flush=True)
@@ -148,6 +161,105 @@ def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int =
     exp_id = parent.info().info.experiment_id
     print(f"review it: make ui  (then {tracking.runs_url(uri, exp_id)})", flush=True)
     return parent.run_id, summary
+
+
+def _register_name(p: AblationPlan) -> str | None:
+    """``tracking.register``: the registered model the best variant goes to, checked before any work."""
+    register = p.children[0].cfg.tracking.register
+    if register and not p.children[0].cfg.tracking.log_model:
+        raise ConfigError(f"tracking.register={register} needs tracking.log_model=true (nothing to register)")
+    return register
+
+
+def _announce(p: AblationPlan, run_id: str) -> None:
+    folds = f" x {len(p.folds)} folds" if len(p.folds) > 1 else ""
+    print(f"ablation_run_id: {run_id}  ({len(p.variants)} variants x {p.n_seeds} seeds{folds}, hash {p.hash})",
+          flush=True)
+
+
+def _conclude(uri: str, p: AblationPlan | Recorded, parent, t0: float,
+              register: str | None) -> tuple[pd.DataFrame, float]:
+    """The end of an ablation, `ablate`'s and `--summarize`'s: the summary of the children finished so far
+    (``summarize``), logged to the parent (``_log_summary``) with the wall time since ``t0`` (a
+    ``time.perf_counter()`` value). Returns the summary and that wall time."""
+    summary, per_image = summarize(uri, p, parent.run_id)
+    wall = time.perf_counter() - t0
+    _log_summary(parent, summary, per_image, wall, register=register)
+    return summary, wall
+
+
+def plan_lines(config_file=None, overrides=(), seeds: int | None = None, resume: str | None = None) -> list[str]:
+    """`segnet ablate --plan`: the parent run, found (same hash, or ``resume``) or created as `ablate` does
+    but then let go (its lock released, nothing trained; it stays RUNNING until a `--summarize` finds every
+    child finished), and one self-contained shell command per child not finished yet, for a scheduler of
+    one's own (``children.unfinished_commands``)."""
+    from segnet import tracking
+
+    p = plan(config_file, overrides, seeds)
+    _register_name(p)
+    uri = tracking.tracking_uri(p.children[0].cfg)
+    parent, lock = _find_or_create_parent(uri, p, resume)
+    lock.release()
+    _announce(p, parent.run_id)
+    return unfinished_commands(uri, p.experiment, parent.run_id, p.children, p.profile, ID_TAG, "ablate")
+
+
+@dataclass
+class Recorded:
+    """An ablation as its parent run recorded it (params ``ablation.*`` and the reference child's config):
+    what `--summarize` needs, on any machine, without the ablation file or the overrides."""
+
+    experiment: str
+    variants: list[str]  # the reference first
+    bootstrap: int
+    register: str | None
+    labels: dict[tuple[str, int, int], str]  # every planned child, (variant, seed, fold) -> its label
+
+
+def recorded(info) -> Recorded:
+    """The ``Recorded`` ablation of a parent run (an MLflow ``Run``)."""
+    prm = info.data.params
+    try:
+        variants, seed = prm["ablation.variants"].split(","), int(prm["train.seed"])
+        seeds = range(seed, seed + int(prm["ablation.seeds"]))
+        folds = [int(k) for k in prm.get("ablation.folds", prm.get("data.fold", "0")).split(",")]
+        labels = {(v, s, k): _label(v, s, k, len(folds)) for v in variants for s in seeds for k in folds}
+        register = prm.get("tracking.register", "null")
+        return Recorded(prm["tracking.experiment"], variants, int(prm["ablation.bootstrap"]),
+                        None if register == "null" else register, labels)
+    except (KeyError, ValueError) as e:
+        raise SegnetError(f"ablation run '{info.info.run_id}' has no usable param {e}; summarize it with "
+                          "`segnet ablate` and its ablation file") from None
+
+
+def summarize_run(run_id: str, overrides=()) -> pd.DataFrame:
+    """`segnet ablate --summarize ID`: the summary of the children finished so far, wherever they ran,
+    logged to the parent exactly as the end of `ablate` logs it (``_conclude``); the missing children
+    named in one line on stderr. The parent ends FINISHED when every child has finished (then, with
+    ``tracking.register``, the best variant is registered); otherwise its status is left as it is.
+    ``overrides``: only ``tracking.uri=`` (the store), everything else is the parent's."""
+    from segnet.runs import store_uri
+
+    extra = [o for o in overrides if o.partition("=")[0].strip() != "tracking.uri"]
+    if extra:
+        raise ConfigError(f"--summarize reads the ablation from its parent run; '{extra[0]}' has no say there "
+                          "(only tracking.uri= does)")
+    uri = store_uri(overrides)
+    info = parent_run(uri, run_id, "ablation")
+    rec = recorded(info)
+    missing, span = finished_so_far(uri, info, rec.experiment, rec.labels, ID_TAG)
+    if missing:
+        print(f"ablate: {len(missing)} of {len(rec.labels)} children not finished yet: {', '.join(missing)}",
+              file=sys.stderr, flush=True)
+    with held_parent(uri, run_id, "ablation") as parent:
+        summary, _ = _conclude(uri, rec, parent, time.perf_counter() - span, None if missing else rec.register)
+        if not missing:
+            parent.end("FINISHED")
+    n = len(rec.labels)
+    print(summary_markdown(summary), flush=True)
+    print(f"ablation_run_id: {run_id}  ({n - len(missing)} of {n} children finished; parent "
+          f"{'FINISHED' if not missing else 'left ' + info.info.status})", flush=True)
+    return summary
 
 
 def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
@@ -199,20 +311,17 @@ def _scores_rows(variant: str, run_id: str, fold: int, scores: pd.Series) -> pd.
                          "image": scores.index.astype(str), "score": scores.to_numpy(float)})
 
 
-def summarize(uri, p: AblationPlan, parent_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summarize(uri, p: AblationPlan | Recorded, parent_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per variant: its replicates (each finished child run: a seed of a fold), the mean and spread of
     every metric over them, and the hierarchical paired bootstrap of its final score against the
     reference (``segnet.stats``). The verdict (best variant, whether its lead survives the intervals)
-    rides along in ``summary.attrs["verdict"]``. Returns (summary, children table)."""
+    rides along in ``summary.attrs["verdict"]``. Returns (summary, children table).
+
+    Of ``p`` only ``experiment``, ``variants`` (the reference first) and ``bootstrap`` are read: an
+    ``AblationPlan``, or a ``Recorded`` one (`--summarize`)."""
     from segnet import tracking
 
-    runs = tracking.find_runs(uri, p.experiment, f"tags.`segnet.ablation_id` = '{parent_id}'", max_results=1000)
-    runs = [r for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics]
-    default_fold = p.children[0].cfg.data.fold if p.children else 0
-
-    def fold_of(r) -> int:
-        return int(r.data.tags.get("segnet.fold", r.data.params.get("data.fold", default_fold)))
-
+    runs = finished_runs(uri, p.experiment, parent_id, ID_TAG)
     order = {v: i for i, v in enumerate(p.variants)}
     runs = sorted((r for r in runs if r.data.tags.get("segnet.variant") in order),
                   key=lambda r: (order[r.data.tags["segnet.variant"]], fold_of(r), int(r.data.tags["segnet.seed"]),

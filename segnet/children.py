@@ -10,17 +10,23 @@
   from its last epoch. Its output is printed line by line with its label, and a progress line follows
   each child that ends. Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each
   ends its run KILLED); a SIGKILLed parent takes its children with it (``cli._follow_parent``).
+* ``unfinished_commands`` / ``finished_so_far`` / ``held_parent``: the same children for a scheduler of
+  one's own (Slurm arrays, Kubernetes Jobs). ``--plan`` prints each unfinished child's command as a
+  self-contained shell line; ``--summarize`` builds the summary from the children finished so far,
+  wherever they ran.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,14 +118,23 @@ def fold_of(r) -> int:
     return int(r.data.tags.get("segnet.fold", r.data.params.get("data.fold", 0)))
 
 
-def finished_children(uri: str, experiment: str, parent_id: str,
-                      id_tag: str = "segnet.ablation_id") -> set[tuple[str, int, int]]:
-    """(variant, seed, fold) of every child of the parent that finished training and its evaluation."""
+def key_of(r) -> tuple[str, int, int]:
+    """A child run's (variant, seed, fold), as ``Child.key``."""
+    return (r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]), fold_of(r))
+
+
+def finished_runs(uri: str, experiment: str, parent_id: str, id_tag: str) -> list:
+    """Every child run of the parent that finished training and its evaluation."""
     from segnet import tracking
 
     runs = tracking.find_runs(uri, experiment, f"tags.`{id_tag}` = '{parent_id}'", max_results=1000)
-    return {(r.data.tags["segnet.variant"], int(r.data.tags["segnet.seed"]), fold_of(r))
-            for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics}
+    return [r for r in runs if r.info.status == "FINISHED" and "best_val_tgs_map" in r.data.metrics]
+
+
+def finished_children(uri: str, experiment: str, parent_id: str,
+                      id_tag: str = "segnet.ablation_id") -> set[tuple[str, int, int]]:
+    """(variant, seed, fold) of every child of the parent that finished training and its evaluation."""
+    return {key_of(r) for r in finished_runs(uri, experiment, parent_id, id_tag)}
 
 
 def child_command(c: Child, profile: Path | None, parent_id: str, jobs: int = 1,
@@ -239,3 +254,91 @@ def train_children(uri: str, experiment: str, parent_id: str, children: list[Chi
         raise
     if failures:
         raise SegnetError(f"{len(failures)} children failed: " + "; ".join(failures))
+
+
+# -- schedulers of one's own (Slurm arrays, Kubernetes Jobs): `--plan` and `--summarize` ----------------
+PATH_KEYS = ("data.dir", "model.encoder_weights")  # overrides whose relative paths a planned command makes absolute
+CARRIED_ENV = ("SEGNET_RUNS_DIR", "TGS_DATA")  # folders a planned command carries when they are set here
+
+
+def unfinished_commands(uri: str, experiment: str, parent_id: str, children: list[Child], profile: Path | None,
+                        id_tag: str, who: str) -> list[str]:
+    """`--plan`: the shell command of every child not finished yet (an interrupted one's resumes it, as
+    ``train.resume=true`` does locally); on stderr, how many and what to run once they are done."""
+    done = finished_children(uri, experiment, parent_id, id_tag)
+    todo = [c for c in children if c.key not in done]
+    print(f"{who}: {len(children) - len(todo)} of {len(children)} children finished; {len(todo)} command(s) on "
+          "stdout, one per line: run each once, in any order, anywhere segnet is installed (`python` is its "
+          f"environment's) and the tracking store is reachable; then:\n"
+          f"{who}:   {environment(uri)} python -m segnet {who} --summarize {parent_id}", file=sys.stderr, flush=True)
+    return [f"{environment(uri)} {shell_command(c, profile, parent_id, id_tag)}" for c in todo]
+
+
+def shell_command(c: Child, profile: Path | None, parent_id: str, id_tag: str) -> str:
+    """``child_command`` as a shell line that runs anywhere: ``python`` (the one segnet is installed in where
+    it runs, not this interpreter's path), the profile and the ``PATH_KEYS`` overrides made absolute."""
+    argv = child_command(c, Path(profile).absolute() if profile else None, parent_id, 1, id_tag)
+    return shlex.join(["python", *map(_absolute_path_override, argv[1:])])
+
+
+def environment(uri: str) -> str:
+    """What a planned command carries, as ``KEY=value`` words: ``MLFLOW_TRACKING_URI`` always (the parent's
+    store; the default one is a file of this checkout, which another machine's default is not), and the
+    ``CARRIED_ENV`` folders set here (a local child would inherit them); relative paths made absolute."""
+    env = {"MLFLOW_TRACKING_URI": _absolute_uri(uri)}
+    env.update({k: str(Path(os.environ[k]).expanduser().absolute()) for k in CARRIED_ENV if os.environ.get(k)})
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
+def _absolute_uri(uri: str) -> str:
+    """A sqlite URI with a relative path (``sqlite:///mlflow.db``: relative to the current folder) made
+    absolute; any other URI as it is."""
+    path = uri.removeprefix("sqlite:///")
+    if path == uri or path.startswith(("/", ":memory:")):
+        return uri
+    return f"sqlite:///{Path(path).absolute()}"
+
+
+def _absolute_path_override(item: str) -> str:
+    """``data.dir=rel/dir`` as ``data.dir=/abs/rel/dir`` when that path exists here (``imagenet`` stays)."""
+    key, _, value = item.partition("=")
+    if key not in PATH_KEYS or not value or Path(value).is_absolute() or not Path(value).expanduser().exists():
+        return item
+    return f"{key}={Path(value).expanduser().absolute()}"
+
+
+def parent_run(uri: str, run_id: str, role: str):
+    """The MLflow run of a parent of ``role`` (ablation, cv), refused in one line when it is another run."""
+    from segnet import tracking
+
+    info = tracking.get_run(uri, run_id)
+    got = info.data.tags.get("segnet.role")
+    if got != role:
+        raise SegnetError(f"run '{run_id}' is not {'an' if role[0] in 'aeiou' else 'a'} {role} parent run "
+                          f"(its tag segnet.role is {got or 'not set'})")
+    return info
+
+
+def finished_so_far(uri: str, info, experiment: str, planned: dict, id_tag: str) -> tuple[list[str], float]:
+    """`--summarize`: the labels of the planned children (key -> label) that have not finished, and the
+    seconds from the parent's start to the end of its last finished child (the wall time of children that
+    ran elsewhere). None finished: a one-line error."""
+    runs = [r for r in finished_runs(uri, experiment, info.info.run_id, id_tag) if key_of(r) in planned]
+    done = {key_of(r) for r in runs}
+    missing = [label for key, label in planned.items() if key not in done]
+    if not runs:
+        raise SegnetError(f"{info.data.tags['segnet.role']} run '{info.info.run_id}': none of its {len(planned)} "
+                          f"children has finished yet ({', '.join(missing)}); nothing to summarize")
+    return missing, (max(r.info.end_time for r in runs) - info.info.start_time) / 1000
+
+
+@contextlib.contextmanager
+def held_parent(uri: str, run_id: str, role: str) -> Iterator:
+    """The parent run to log a summary to, locked meanwhile (a `segnet ablate` or `cv` of it running on this
+    machine is refused in one line); its status is left as it is, for the caller to decide."""
+    from segnet import locks, tracking
+    from segnet.train import _check_runs_dir, run_dir
+
+    _check_runs_dir()
+    with locks.lock_run(run_dir(run_id), f"{role} {run_id}"):
+        yield tracking.Run(uri, run_id)

@@ -8,8 +8,10 @@
     python -m segnet evaluate (--run-id ID | --model models:/NAME@ALIAS) [key=value ...]
     python -m segnet predict (--run-id ID | --model models:/NAME@ALIAS) --images DIR --out submission.csv [--tta]
     python -m segnet register --run-id ID [--name segnet-tgs] [--alias champion]
-    python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [key=value ...]
-    python -m segnet cv [--config FILE] [--jobs N] [--resume ID] [key=value ...]
+    python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [--plan] [key=value ...]
+    python -m segnet ablate --summarize ID [tracking.uri=URI]
+    python -m segnet cv [--config FILE] [--jobs N] [--resume ID] [--plan] [key=value ...]
+    python -m segnet cv --summarize ID [key=value ...]
     python -m segnet bench [--quick] [--levers] [--out FILE]
     python -m segnet ui [--host H] [--port P]
 
@@ -68,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
     ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    _other_scheduler(ab, "child")
     cv = with_config(sub.add_parser("cv", help="k-fold cross-validation: one child run per fold, the "
                                     "out-of-fold score, a fold ensemble; prints cv_run_id: <id>"))
     cv.add_argument("--jobs", type=int, default=1, help="folds trained in parallel")
     cv.add_argument("--resume", default=None, help="cv_run_id to resume (default: same config hash)")
+    _other_scheduler(cv, "fold")
     rg = sub.add_parser("register", help="register a run's logged model in the MLflow model registry")
     rg.add_argument("--run-id", required=True)
     rg.add_argument("--name", default="segnet-tgs", help="registered model name (default segnet-tgs)")
@@ -91,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--verbose", action="store_true", help="show the MLflow server's own log (default: to a file)")
     return p
+
+
+def _other_scheduler(sp, child: str) -> None:
+    """``--plan`` and ``--summarize ID`` of `ablate` and `cv`: their children run by a scheduler of one's own."""
+    sp.add_argument("--plan", action="store_true", help=f"train nothing: create (or find) the parent run and print "
+                    f"one self-contained shell command per {child} not finished yet (Slurm arrays, Kubernetes Jobs)")
+    sp.add_argument("--summarize", default=None, metavar="ID", help=f"end the parent run ID from the {child} runs "
+                    "finished so far, wherever they ran: the summary a run ends with")
 
 
 def _run_or_model(sp) -> None:
@@ -224,15 +236,43 @@ def _register(args) -> None:
 
 
 def _ablate(args) -> None:
-    from segnet.ablate import ablate
+    from segnet import ablate
 
-    ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
+    if args.summarize:
+        _summarize_alone(args, "config", "seeds", "resume", "plan")
+        ablate.summarize_run(args.summarize, args.overrides)
+    elif args.plan:
+        _print_plan(ablate.plan_lines, args.config, args.overrides, seeds=args.seeds, resume=args.resume)
+    else:
+        ablate.ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
 
 
 def _cv(args) -> None:
-    from segnet.cv import cv
+    from segnet import cv
 
-    cv(args.config, args.overrides, jobs=args.jobs, resume=args.resume)
+    if args.summarize:
+        _summarize_alone(args, "config", "resume", "plan")
+        cv.summarize_run(args.summarize, args.overrides)
+    elif args.plan:
+        _print_plan(cv.plan_lines, args.config, args.overrides, resume=args.resume)
+    else:
+        cv.cv(args.config, args.overrides, jobs=args.jobs, resume=args.resume)
+
+
+def _summarize_alone(args, *options: str) -> None:
+    """``--summarize ID`` reads the plan and the config from the parent run: other options would be ignored."""
+    given = [f"--{o}" for o in options if getattr(args, o)]
+    if given:
+        raise SegnetError(f"--summarize ID reads everything from the parent run; drop {', '.join(given)}")
+
+
+def _print_plan(plan_lines, *args, **kwargs) -> None:
+    """``--plan``: stdout gets the children's commands alone, one a line (a Slurm array task reads line N);
+    whatever planning prints (the run id, notes, how to summarize) goes to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        lines = plan_lines(*args, **kwargs)
+    for line in lines:
+        print(line, flush=True)
 
 
 def _compare(args) -> None:

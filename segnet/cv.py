@@ -5,7 +5,9 @@ The children (``data.fold=k`` for k in 0..data.n_folds-1, tags ``segnet.cv_id``,
 under the scheduler of ``segnet.children``, as an ablation's do: ``--jobs N`` at once, Ctrl-C or SIGTERM
 stops them all, and the parent (tag ``segnet.role=cv``) is found again by a hash of the children's
 configs (or ``--resume ID``) and locked while it runs, so the same command restarts it: finished folds are
-kept, an interrupted one resumes from its last epoch.
+kept, an interrupted one resumes from its last epoch. For a scheduler of one's own (Slurm arrays,
+Kubernetes Jobs), ``plan_lines`` (`--plan`) prints the folds' commands instead of running them, and
+``summarize_run`` (`--summarize ID`) ends the cv from its parent run's id alone.
 
 Out of fold: every child leaves its validation probabilities (``predictions/val_probs.npz``, flip TTA as
 evaluated); together they cover every image of the dataset once, and the threshold is tuned on all of
@@ -24,7 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segnet.children import Child, ParentSpec, find_or_create_parent, fold_of, train_children
+from segnet.children import (
+    Child,
+    ParentSpec,
+    find_or_create_parent,
+    finished_so_far,
+    fold_of,
+    held_parent,
+    parent_run,
+    train_children,
+    unfinished_commands,
+)
 from segnet.config import Config, load_config
 from segnet.errors import ConfigError, SegnetError
 
@@ -47,10 +59,14 @@ def plan(config_file: str | Path | None = None, overrides=()) -> CVPlan:
     children = []
     for k in range(base.data.n_folds):
         over = [*overrides, f"data.fold={k}"]
-        cfg = load_config(config_file, over)
-        children.append(Child(cfg.variant(), cfg.train.seed, cfg, over, fold=k, label=f"fold {k}"))
+        children.append(_fold_child(load_config(config_file, over), over, k))
     h = hashlib.sha256(json.dumps(["cv", [c.cfg.hash() for c in children]]).encode()).hexdigest()[:12]
     return CVPlan(base, children, h, Path(config_file) if config_file else None)
+
+
+def _fold_child(cfg: Config, over: list[str], k: int) -> Child:
+    """Fold ``k``'s child: ``cfg`` (with data.fold=k), resolved by the profile and ``over``."""
+    return Child(cfg.variant(), cfg.train.seed, cfg, over, fold=k, label=f"fold {k}")
 
 
 def _parent_spec(p: CVPlan) -> ParentSpec:
@@ -72,7 +88,7 @@ def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None)
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.base)
     parent, lock = find_or_create_parent(uri, _parent_spec(p), resume)
-    print(f"cv_run_id: {parent.run_id}  ({len(p.children)} folds of {p.base.variant()}, hash {p.hash})", flush=True)
+    _announce(p, parent.run_id)
 
     # A restarted cv adds its time to the time the earlier invocations spent.
     t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
@@ -80,11 +96,7 @@ def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None)
         with tracking.run_guard(parent):
             train_children(uri, p.base.tracking.experiment, parent.run_id, p.children, p.profile, jobs,
                            id_tag=ID_TAG, who="cv")
-            oof = out_of_fold(uri, p, parent.run_id)
-            oof.metrics["wall_time_s"] = time.perf_counter() - t0
-            _log(parent, oof)
-            if p.base.tracking.log_model:
-                _log_ensemble(uri, parent, oof, p.base)
+            oof = _conclude(uri, p, parent, t0)
     finally:
         lock.release()
     print(report(oof), flush=True)
@@ -93,6 +105,60 @@ def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None)
     exp_id = parent.info().info.experiment_id
     print(f"review it: make ui  (then {tracking.runs_url(uri, exp_id)})", flush=True)
     return parent.run_id, oof.metrics
+
+
+def _announce(p: CVPlan, run_id: str) -> None:
+    print(f"cv_run_id: {run_id}  ({len(p.children)} folds of {p.base.variant()}, hash {p.hash})", flush=True)
+
+
+def plan_lines(config_file=None, overrides=(), resume: str | None = None) -> list[str]:
+    """`segnet cv --plan`: the parent run, found (same hash, or ``resume``) or created as `cv` does but then
+    let go (its lock released, nothing trained; it stays RUNNING until a `--summarize` ends it), and one
+    self-contained shell command per fold not finished yet (``children.unfinished_commands``)."""
+    from segnet import tracking
+
+    p = plan(config_file, overrides)
+    uri = tracking.tracking_uri(p.base)
+    parent, lock = find_or_create_parent(uri, _parent_spec(p), resume)
+    lock.release()
+    _announce(p, parent.run_id)
+    return unfinished_commands(uri, p.base.tracking.experiment, parent.run_id, p.children, p.profile, ID_TAG, "cv")
+
+
+def summarize_run(run_id: str, overrides=()) -> dict:
+    """`segnet cv --summarize ID`: the end of `segnet cv` (``_conclude``: out-of-fold scores, metrics, the
+    fold ensemble) from folds that ran anywhere, the parent then ended FINISHED. The out-of-fold score
+    needs every fold: with some missing it names them in one line and changes nothing. ``overrides``
+    apply to the parent's config (``tracking.uri=``: the store; ``data.dir=``: the dataset on this machine)."""
+    from segnet.runs import run_config, store_uri
+
+    uri = store_uri(overrides)
+    info = parent_run(uri, run_id, "cv")
+    cfg = run_config(run_id, overrides)[2]
+    folds = [_fold_child(cfg.replace([f"data.fold={k}"]), [f"data.fold={k}"], k) for k in range(cfg.data.n_folds)]
+    p = CVPlan(cfg, folds, info.data.tags.get("segnet.cv_hash", ""), None)
+    missing, span = finished_so_far(uri, info, cfg.tracking.experiment, {c.key: c.label for c in folds}, ID_TAG)
+    if missing:
+        raise SegnetError(f"cv run '{run_id}': {len(missing)} of {len(folds)} folds not finished yet "
+                          f"({', '.join(missing)}); the out-of-fold score needs every fold")
+    with held_parent(uri, run_id, "cv") as parent:
+        oof = _conclude(uri, p, parent, time.perf_counter() - span)
+        parent.end("FINISHED")
+    print(report(oof), flush=True)
+    print(f"cv_run_id: {run_id}  ({len(folds)} of {len(folds)} folds finished; parent FINISHED)", flush=True)
+    return oof.metrics
+
+
+def _conclude(uri: str, p: CVPlan, parent, t0: float) -> OutOfFold:
+    """The end of a cv, `cv`'s and `--summarize`'s: the folds scored out of fold (``out_of_fold``), logged to
+    the parent with the wall time since ``t0`` (a ``time.perf_counter()`` value), and the fold ensemble as
+    its model."""
+    oof = out_of_fold(uri, p, parent.run_id)
+    oof.metrics["wall_time_s"] = time.perf_counter() - t0
+    _log(parent, oof)
+    if p.base.tracking.log_model:
+        _log_ensemble(uri, parent, oof, p.base)
+    return oof
 
 
 @dataclass
