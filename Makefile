@@ -38,7 +38,7 @@ CFG := $(if $(CONFIG),--config $(CONFIG))
 # Which model evaluate and predict use: a run (RUN=) or a registered version (MODEL=models:/<name>@<alias>).
 WHICH := $(if $(RUN),--run-id $(RUN)) $(if $(MODEL),--model $(MODEL))
 
-.PHONY: help install data test test-all lint train shapes evaluate predict register ablate cv bench ui clean
+.PHONY: help install data test test-all gpu-check lint train shapes evaluate predict register ablate cv bench ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: $(STAMP) ## run the fast test suite (tiny synthetic inputs; ~17 min on 2 C
 
 test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)
 	$(PY) -m pytest -q -m ''
+
+gpu-check: $(STAMP) ## the GPU check: mixed_float16 and XLA on every decoder and custom layer, MirroredStrategy, GPU throughput (skips without a GPU)
+	$(PY) -m pytest -q -m gpu -rs -s tests/test_gpu.py
 
 lint: $(STAMP) ## ruff over the package and the tests
 	$(VENV)/bin/ruff check segnet tests

@@ -158,7 +158,7 @@ _CHOICES = {
     "train.schedule": ("cosine", "plateau", "constant", "sgdr"),
     "train.loss": LOSSES,  # the loss registry itself (segnet.losses, importable without TensorFlow)
     "train.finetune_loss": LOSSES,
-    "train.strategy": ("auto", "one_device", "mirrored"),
+    "train.strategy": ("auto", "one_device", "mirrored", "multi_worker"),
     "train.precision": ("float32", "mixed_float16"),
 }
 # Keys added after configs were first hashed -> their default, left out of Config.hash() at that value.

@@ -44,15 +44,19 @@ def log(msg: str) -> None:
 
 # -- runtime ---------------------------------------------------------------------------------------
 def setup_runtime(cfg: Config):
-    """Threads, seeds, precision and distribution strategy; returns the strategy."""
+    """Threads, seeds, precision and distribution strategy; returns the strategy. A multi-worker strategy
+    is made first: it configures TensorFlow's runtime, which the first device listing starts."""
     import keras
     import tensorflow as tf
+
+    from segnet import multiworker
 
     if cfg.train.threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(cfg.train.threads)
         except RuntimeError:  # already initialised in this process: keep what is there
             pass
+    strategy = multiworker.make_strategy() if cfg.train.strategy == "multi_worker" else None
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -60,7 +64,7 @@ def setup_runtime(cfg: Config):
     if cfg.train.precision == "mixed_float16" and not gpus:
         log("note: train.precision=mixed_float16 on a CPU is slow and not recommended; using it as asked")
     keras.mixed_precision.set_global_policy(cfg.train.precision)
-    return make_strategy(cfg.train.strategy)
+    return strategy if strategy is not None else make_strategy(cfg.train.strategy)
 
 
 def make_strategy(name: str):
@@ -245,7 +249,8 @@ def validation_scores(cfg, model, val_images_net, val_masks, loss_fn):
 # -- training --------------------------------------------------------------------------------------
 @dataclass
 class _Fit:
-    """What every epoch of one training needs: config, model, data, run and where it keeps state."""
+    """What every epoch of one training needs: config, model, data, run and where it keeps state.
+    ``run`` is None on a worker of a multi-worker training that is not the chief: it keeps no state."""
 
     cfg: Config
     run: object
@@ -263,48 +268,66 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     """Train one model as configured; returns the MLflow run id and the final metrics.
 
     Stages: open or resume the run (``open_run``), build or restore the model (``_build_or_restore``),
-    the epochs (``_run_epoch``), the final evaluation and logging (``_finish``).
+    the epochs (``_run_epoch``), the final evaluation and logging (``_finish``). With ``train.strategy:
+    multi_worker`` on a worker that is not the chief: :func:`_follow_chief` (no metrics returned).
     """
-    from segnet import tracking
+    from segnet import multiworker
+
+    role = multiworker.role() if cfg.train.strategy == "multi_worker" else None  # TF_CONFIG, before any work
+    with multiworker.cluster_errors(role):
+        return _train(cfg, role, parent_run_id, extra_tags)
+
+
+def _train(cfg: Config, role, parent_run_id: str | None, extra_tags: dict | None) -> TrainResult:
+    """:func:`train` on one worker (``role``: its task in a multi-worker training, else None)."""
+    from segnet import multiworker, tracking
     from segnet.data import load_dataset
     from segnet.data.folds import split
     from segnet.data.pipeline import to_network
     from segnet.models.decoders import resolve_decoder
 
-    # What a user can get wrong is checked before TensorFlow is set up: the data, the store, the runs folder.
+    # What a user can get wrong is checked before TensorFlow is set up: the data, the store, the runs folder
+    # (the last two only where they are used: the other workers of a multi-worker training log nothing).
     data = load_dataset(cfg)
     images, masks, ids = data.images, data.masks, data.ids
     train_idx, val_idx = split(ids, masks, n_folds=cfg.data.n_folds, fold=cfg.data.fold,
                                seed=cfg.data.fold_seed)
     log(f"data: {data.dir} ({data.kind}, {len(ids)} images: {len(train_idx)} train, {len(val_idx)} validation "
         f"in fold {cfg.data.fold}/{cfg.data.n_folds}) [{data.reason}]")
+    if role is not None:
+        log(f"multi-worker: task {role.task} of {role.workers}; the chief, {role.chief_task}, logs the run")
     uri = tracking.tracking_uri(cfg)
-    tracking.client(uri)
-    _check_runs_dir()
+    if role is None or role.chief:
+        tracking.client(uri)
+        _check_runs_dir()
 
     strategy = setup_runtime(cfg)
     spec, _ = resolve_decoder(cfg.model.decoder, cfg.decoder)
     # Pretrained encoder weights are read (or downloaded) before the run exists, so a failure leaves none;
     # a resumed run restores its checkpoint instead (one that finds nothing to resume fetches them later).
     encoder_init = None if cfg.train.resume else encoder_weights(cfg)
+    if role is not None and not role.chief:
+        return _follow_chief(cfg, strategy, spec, encoder_init, data, train_idx, val_idx)
     run, state, lock = open_run(cfg, uri, data, parent_run_id, extra_tags)
     rdir = run_dir(run.run_id)
     try:
         with tracking.run_guard(run), tracking.system_metrics(run, cfg.tracking.system_metrics):
+            if role is not None:
+                multiworker.share_run(strategy, run.run_id, resumed=state is not None)
             _end_dead_runs(cfg, uri, run.run_id)
             tracking.log_training_inputs(run, data, cfg, train_idx, val_idx)  # again on resume: kept once
             model, state = _build_or_restore(cfg, run, rdir, spec, strategy, state, encoder_init)
             fit = _Fit(cfg, run, rdir, model, strategy, images, masks, train_idx,
                        to_network(images[val_idx], cfg.data.size, cfg.data.resize_mode), masks[val_idx])
             _log_cycles(cfg)
-            for epoch in range(state.epoch + 1, cfg.train.epochs):
-                if _run_epoch(fit, state, epoch):
-                    break
+            _epochs(fit, state)
             final = _finish(fit, state, spec, images[val_idx], masks[val_idx], [ids[i] for i in val_idx])
     finally:
         lock.release()
     for stale in rdir.glob("last_e*.keras"):
         stale.unlink(missing_ok=True)
+    if role is not None:
+        multiworker.barrier(strategy)  # the other workers have waited for the final evaluation
     exp_id = run.info().info.experiment_id
     log(f"run_id: {run.run_id}")
     log(f"best_val_tgs_map {final['best_val_tgs_map']:.4f} (epoch {final['best_epoch']})  "
@@ -312,6 +335,42 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
         f"val_tgs_map_tuned {final['val_tgs_map_tuned']:.4f}  train_time_s {final['train_time_s']:.0f}")
     log(f"look at it: make ui  (then {tracking.runs_url(uri, exp_id)})")
     return TrainResult(run_id=run.run_id, metrics=final, history=state.history, experiment_id=exp_id)
+
+
+def _follow_chief(cfg: Config, strategy, spec, encoder_init, data, train_idx, val_idx) -> TrainResult:
+    """A multi-worker training on a worker that is not the chief: the chief's run (new, or resumed from the
+    checkpoint its resume state names), trained beside the chief epoch by epoch with the same decisions; it
+    logs nothing and writes no file. Returns when the chief has finished the run."""
+    from segnet import multiworker
+    from segnet.data.pipeline import to_network
+
+    run_id, resumed = multiworker.share_run(strategy)
+    rdir = run_dir(run_id)
+    state = _chief_state(rdir) if resumed else None
+    model, state = _build_or_restore(cfg, None, rdir, spec, strategy, state, encoder_init)
+    val_images_net = to_network(data.images[val_idx], cfg.data.size, cfg.data.resize_mode)
+    _epochs(_Fit(cfg, None, rdir, model, strategy, data.images, data.masks, train_idx, val_images_net,
+                 data.masks[val_idx]), state)
+    multiworker.barrier(strategy)  # until the chief has evaluated and logged the run
+    log(f"run_id: {run_id}")
+    return TrainResult(run_id=run_id, metrics={}, history=state.history)
+
+
+def _chief_state(rdir: Path) -> TrainState:
+    """The resume state the chief resumes from, read from its run folder, which this worker must see."""
+    try:
+        return TrainState.load(rdir)
+    except OSError:
+        raise SegnetError(f"resume: this worker cannot read the chief's resume state {rdir / 'state.json'}; "
+                          "every worker needs the chief's runs folder (SEGNET_RUNS_DIR on a shared file "
+                          "system)") from None
+
+
+def _epochs(fit: _Fit, state: TrainState) -> None:
+    """Stage 3 for every epoch left, until the last or an early stop."""
+    for epoch in range(state.epoch + 1, fit.cfg.train.epochs):
+        if _run_epoch(fit, state, epoch):
+            return
 
 
 def _lovasz_from(cfg: Config) -> int:
@@ -360,7 +419,8 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
     """Stage 2: a new model (params, config and a resume state at epoch -1 written before any epoch,
     so even a kill during the first epoch resumes this run) or the checkpoint of the resume state.
     A new model starts from the pretrained encoder weights ``encoder_init`` copies in (:func:`encoder_weights`;
-    fetched here when the run was meant to resume), a restored one keeps its checkpoint's."""
+    fetched here when the run was meant to resume), a restored one keeps its checkpoint's. ``run`` None: a
+    multi-worker training's other worker, which builds or restores alike and logs and writes nothing."""
     import keras
 
     from segnet import evaluate
@@ -376,8 +436,11 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
                 log(f"encoder weights: {apply(model)} encoder layers loaded from {cfg.model.encoder_weights}")
             compile_model(model, keras.optimizers.Adam(cfg.train.lr), cfg.train.loss)
     if state is not None:
-        _relog_missing_epochs(run, state)
+        if run is not None:
+            _relog_missing_epochs(run, state)
         return model, state
+    if run is None:  # a multi-worker training's other worker: the chief logs the run and writes the state
+        return model, TrainState(lr=cfg.train.lr, const_init=float("nan"))
     run.log_params(cfg.flat())
     run.log_text(cfg.to_yaml(), "config.yaml")
     state = TrainState(lr=cfg.train.lr, const_init=evaluate.const_response(model, spec))
@@ -422,6 +485,7 @@ def _snapshot_improved(cfg: Config, state: TrainState, epoch: int, score: float)
 
 def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     """Stage 3: one epoch (train, validate, checkpoint, state, metrics). True: stop early."""
+    from segnet import multiworker
     from segnet.data.pipeline import make_dataset
     from segnet.losses import get_loss
     from segnet.models import heads
@@ -444,6 +508,8 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     if fit_verbose:
         log(f"epoch {epoch + 1}/{cfg.train.epochs}")
     hist = model.fit(train_ds, epochs=1, verbose=fit_verbose, shuffle=False)  # the pipeline shuffles
+    if fit.strategy.num_replicas_in_sync > 1:  # each replica kept its own batch-norm statistics
+        multiworker.replica_mean(fit.strategy, _moving_statistics(model))
     t_train = time.perf_counter() - t0
     scores = validation_scores(cfg, model, fit.val_images_net, fit.val_masks, get_loss(want_loss))
     epoch_time = time.perf_counter() - t0
@@ -467,8 +533,9 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     state.train_time_s += epoch_time
     for k in EPOCH_METRICS:
         state.history[k].append(metrics[k])
-    _save_checkpoint(model, state, fit.rdir, improved, snapshot)
-    fit.run.log_metrics(metrics, step=epoch)
+    if fit.run is not None:  # not on the other workers of a multi-worker training: the chief keeps the run
+        _save_checkpoint(model, state, fit.rdir, improved, snapshot)
+        fit.run.log_metrics(metrics, step=epoch)
     log(f"epoch {epoch + 1:>3}/{cfg.train.epochs}  loss {metrics['loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
         f"val_iou {metrics['val_iou']:.4f}  val_tgs_map {metrics['val_tgs_map']:.4f}{' *' if improved else '  '}  "
         f"lr {lr:.2e}  {epoch_time:.1f}s  {metrics['train_images_per_s']:.0f} img/s")
@@ -477,6 +544,11 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
         log(f"early stopping: no better val_tgs_map for {state.wait} epochs")
         return True
     return False
+
+
+def _moving_statistics(model) -> list:
+    """The moving means and variances of every batch-norm layer of ``model``."""
+    return [v for v in model.non_trainable_variables if v.path.endswith(("/moving_mean", "/moving_variance"))]
 
 
 def _finish(fit: _Fit, state: TrainState, spec, val_images, val_masks, val_ids) -> dict:
@@ -532,7 +604,8 @@ def _final_snapshots(fit: _Fit, state: TrainState) -> list[tuple[Path, object]]:
             state.snapshots[k] = path.name
             state.save(fit.rdir)
         model = keras.models.load_model(path)
-        _tune_gate(fit, model, path)
+        gate = _tune_gate(fit, model, path)
+        fit.run.log_metrics({f"snapshot{k}_{key}": v for key, v in gate.items()})  # snapshot0_gate_threshold, ...
         out.append((path, model))
     return out
 

@@ -99,18 +99,28 @@ def test_summary_line_names_only_the_ratios_that_were_measured():
     assert full.endswith("maxunpool/transposed train time 1.06x")
 
 
-def test_bench_smoke_every_decoder(tmp_path, store):
-    """Tiny models, every registered decoder + the baseline, the whole harness and the MLflow run."""
+def _bench_smoke(tmp_path, store, names):
+    """Tiny models, ``names`` (None: every registered decoder) + the baseline, the whole harness and the MLflow run."""
     from segnet.bench import Settings, bench
     from segnet.models.decoders import DECODERS
 
     tiny = Settings(rounds=2, warmup=0, train_steps=1, step_steps=1, infer_steps=1, n_images=16,
                     pipeline_batches=1, peak_repeats=1, memory="inprocess", baseline_size=32, baseline_filters=4)
     out = tmp_path / "res.csv"
-    summary = bench(quick=True, out=out, settings=tiny, overrides=TINY_OVERRIDES, log=lambda s: None)
-    _check(out, summary, list(DECODERS), store)
-    df = pd.read_csv(out)
-    assert (df["step_images_per_s"] > 0).all()
+    summary = bench(quick=True, out=out, names=names, settings=tiny, overrides=TINY_OVERRIDES, log=lambda s: None)
+    _check(out, summary, names or list(DECODERS), store)
+    return out
+
+
+def test_bench_smoke_default_and_maxunpool(tmp_path, store):
+    """The two models every finding needs (the default decoder and maxunpool) through the whole harness."""
+    out = _bench_smoke(tmp_path, store, ["transposed", "maxunpool"])
+    assert (pd.read_csv(out)["step_images_per_s"] > 0).all()
+
+
+@pytest.mark.slow
+def test_bench_smoke_every_decoder(tmp_path, store):
+    assert (pd.read_csv(_bench_smoke(tmp_path, store, None))["step_images_per_s"] > 0).all()
 
 
 @pytest.mark.slow

@@ -133,41 +133,53 @@ def test_a_compiled_model_with_every_head_reloads_in_a_fresh_process(tmp_path):
     assert out.stdout.split("\n")[-2] == "lovasz_hinge 0.37 ['aux1', 'aux2', 'mask', 'salt']"
 
 
-def test_train_with_every_head_then_predict_evaluate_and_pyfunc_agree(tiny_synth, tmp_path):
-    """The CLI trains a model with every head (gate tuned and logged), predict and evaluate use it, and the
-    logged pyfunc model predicts what the run's Keras file predicts, gate included."""
+EVERY_COMPONENT = [*ALL_HEADS, "model.encoder=resnet", "train.schedule=sgdr", "train.cycles=2",
+                   "train.finetune_loss=lovasz_elu", "train.lovasz_epochs=1"]
+
+
+def test_train_with_every_component_then_predict_evaluate_and_pyfunc_agree(tiny_synth, tmp_path):
+    """The CLI trains a model with every issue-14 component on (resnet encoder, every head, sgdr snapshots,
+    lovasz_elu): each snapshot's gate is tuned, saved and logged; predict and evaluate use the ensemble;
+    the logged pyfunc model predicts the mean of the snapshots' gated logits."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from segnet.inference import Predictor
+    from segnet.metrics.segmentation import sigmoid
     from tests.procs import store_uri
 
-    over = [o for o in tiny_overrides(tiny_synth) if o != "tracking.log_model=false"] + ALL_HEADS
+    over = [o for o in tiny_overrides(tiny_synth) if o != "tracking.log_model=false"] + EVERY_COMPONENT
     trained = run(["train", *over], tmp_path)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
-    assert "empty-mask gate: threshold" in trained.stdout
+    assert trained.stdout.count("empty-mask gate: threshold") == 3  # best.keras and both snapshots
+    assert "fine-tuning with lovasz_elu" in trained.stdout
     (run_id,) = run_statuses(tmp_path)
-    metrics = MlflowClient(store_uri(tmp_path)).get_run(run_id).data.metrics
-    for key in ("gate_threshold", "val_tgs_map_ungated", "val_tgs_map_gated", "gate_emptied"):
+    client = MlflowClient(store_uri(tmp_path))
+    metrics, params = client.get_run(run_id).data.metrics, client.get_run(run_id).data.params
+    for key in ("gate_threshold", "val_tgs_map_ungated", "val_tgs_map_gated", "gate_emptied",
+                "snapshot0_gate_threshold", "snapshot1_gate_threshold"):
         assert key in metrics, key
-    params = MlflowClient(store_uri(tmp_path)).get_run(run_id).data.params
-    assert params["model.deep_supervision"] == "True" and params["model.scse"] == "True"
+    assert metrics["snapshots"] == 2
+    assert params["model.deep_supervision"] == "True" and params["model.encoder"] == "resnet"
 
     predicted = run(["predict", "--run-id", run_id, "--images", str(tiny_synth / "train" / "images"),
                      "--out", str(tmp_path / "sub.csv")], tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert "snapshot ensemble of 2" in predicted.stdout + predicted.stderr
     assert (tmp_path / "sub.csv").read_text().startswith("id,rle_mask")
     evaluated = run(["evaluate", "--run-id", run_id], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
-    best = keras.models.load_model(tmp_path / "runs" / run_id / "best.keras", compile=False)
-    assert heads.gate_threshold(best) == pytest.approx(metrics["gate_threshold"])
     cfg = load_config(None, over)
     x = np.random.default_rng(0).random((3, 101, 101, 1), dtype=np.float32)
-    ref = Predictor.from_config(best, cfg, metrics["best_threshold"]).probabilities(x)
+    logits = []
+    for k in range(2):
+        snap = keras.models.load_model(tmp_path / "runs" / run_id / f"snapshot_c{k}.keras", compile=False)
+        assert heads.gate_threshold(snap) == pytest.approx(metrics[f"snapshot{k}_gate_threshold"])
+        logits.append(Predictor.from_config(snap, cfg).logits(x))
     mlflow.set_tracking_uri(store_uri(tmp_path))
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)
-    np.testing.assert_allclose(served["probability"], ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(served["probability"], sigmoid(np.mean(logits, axis=0)), rtol=1e-4, atol=1e-6)
     assert "RUNNING" not in run_statuses(tmp_path).values()
 
 

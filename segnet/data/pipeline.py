@@ -226,7 +226,11 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, cfg, training: bool, bat
         return x, y
 
     ds = ds.map(fn, num_parallel_calls=autotune, deterministic=True)
-    return ds.prefetch(autotune)
+    # A multi-worker training (train.strategy: multi_worker) shards by data: every worker builds each batch of
+    # the epoch (same order, same augmentation) and keeps its share; there are no files to shard by.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(autotune)
 
 
 def pipeline_throughput(images: np.ndarray, masks: np.ndarray, cfg, epochs: int = 3,

@@ -76,7 +76,15 @@ def max_unpool_scatter(x, indices):
 
 
 def resize2x(x, interpolation: str = "nearest"):
-    """2x resize (TF's half-pixel convention, as ``UpSampling2D``), keeping the dtype."""
+    """2x resize (TF's half-pixel convention, as ``UpSampling2D``), keeping the dtype.
+
+    Nearest is each value copied to its 2x2 cell (``depth_to_space`` of four copies): the values of
+    ``tf.image.resize``, with a gradient XLA compiles. ``tf.image.resize``'s (``ResizeNearestNeighborGrad``)
+    has no XLA kernel on the CPU in TensorFlow 2.21, and Keras compiles a model with XLA on a GPU when all
+    its layers ``supports_jit``, as the upsampling decoder's do.
+    """
+    if interpolation == "nearest":
+        return tf.nn.depth_to_space(tf.concat([x, x, x, x], axis=-1), 2)
     size = tf.stack([2 * _dim(x, 1), 2 * _dim(x, 2)]) if x.shape[1] is None or x.shape[2] is None else (
         2 * x.shape[1], 2 * x.shape[2])
     return tf.cast(tf.image.resize(x, size, method=interpolation), x.dtype)
