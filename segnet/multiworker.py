@@ -3,19 +3,22 @@
 
 Every worker runs the same ``segnet train`` command with its own ``TF_CONFIG`` (same ``cluster``, its own
 ``task``). The chief (task type ``chief``, or ``worker`` 0 when the cluster has no chief) opens the MLflow
-run, logs and writes the checkpoints and the resume state; it tells the others the run id (``share_run``).
-The others take part in every collective operation and nothing else: building or restoring the model
-(variables are created together, initial values broadcast from the chief), ``model.fit`` (gradients
-all-reduced: every worker holds the same weights; BatchNormalization's moving statistics averaged after
-each epoch, see ``replica_mean``), and the per-epoch validation (``model.predict`` under
-the strategy: each worker predicts its share of the images, all of them get every prediction back, so all
-compute the same scores and take the same decisions: best epoch, plateau, early stopping). On resume, every
-worker loads the checkpoint named by the chief's resume state, so the runs folder must be one that every
-worker sees (``SEGNET_RUNS_DIR`` on a shared file system; on one machine the default is). When the last
-epoch is done the others wait (``barrier``) until the chief has evaluated and logged the run.
+run, logs, and writes the checkpoints and the resume state; it tells the others the run id (``share_run``).
+The others take part in every collective operation and in nothing else:
 
-TensorFlow is imported when a strategy is made, not with this module: ``role`` checks ``TF_CONFIG``
-before any work starts.
+* building or restoring the model: variables are created together, their initial values broadcast from
+  the chief;
+* ``model.fit``: gradients are all-reduced, so every worker holds the same weights; BatchNormalization's
+  moving statistics are averaged after each epoch (``replica_mean``);
+* the per-epoch validation, ``model.predict`` under the strategy: each worker predicts its share of the
+  images and all get every prediction back, so all compute the same scores and take the same decisions
+  (best epoch, plateau, early stopping, snapshots).
+
+On resume every worker loads the checkpoint the chief's resume state names, so the runs folder must be one
+that every worker sees (``SEGNET_RUNS_DIR`` on a shared file system; on one machine the default is). After
+the last epoch the others wait (``barrier``) until the chief has evaluated and logged the run.
+
+TensorFlow is imported on first use, not with this module: ``role`` checks ``TF_CONFIG`` before any work.
 """
 
 from __future__ import annotations
@@ -155,9 +158,9 @@ def _strategy_class():
 
 
 def from_chief(strategy, values) -> np.ndarray:
-    """``values`` (numbers, any shape, the same on every worker) as the chief holds them, on every worker:
-    a sum over all replicas to which only replica 0, the chief's first device, contributes. A collective:
-    every worker must call it, in the same order as every other collective."""
+    """``values`` (numbers, of one shape on every worker) as the chief holds them, on every worker: a sum
+    over all replicas to which only replica 0, the chief's first device, contributes. A collective: every
+    worker must call it, in the same order as every other collective."""
     import tensorflow as tf
 
     local = tf.constant(np.asarray(values, np.float64))

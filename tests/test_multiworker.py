@@ -150,6 +150,32 @@ def test_the_chief_is_task_chief_else_worker_0():
     assert c.chief and c.workers == 2
 
 
+def test_a_lost_worker_is_one_line_saying_how_to_go_on():
+    import tensorflow as tf
+
+    from segnet.errors import SegnetError
+    from segnet.multiworker import Role, cluster_errors
+
+    lost = tf.errors.UnavailableError(None, None, "{{function_node __wrapped__CollectiveReduceV2}} Collective ops "
+                                      "is aborted by: Socket closed\nAdditional GRPC error information from ...")
+    with pytest.raises(SegnetError) as err, cluster_errors(Role("worker", 1, 2, "worker:0")):
+        raise lost
+    assert str(err.value) == ("multi-worker: worker:1 lost another worker of the cluster (Collective ops is "
+                              "aborted by: Socket closed); restart every worker with train.resume=true to "
+                              "continue the run")
+    with pytest.raises(tf.errors.UnavailableError), cluster_errors(None):  # not a multi-worker training
+        raise lost
+
+
+def test_a_worker_that_cannot_see_the_chiefs_runs_folder_says_so(tmp_path):
+    from segnet.errors import SegnetError
+    from segnet.train import _chief_state
+
+    with pytest.raises(SegnetError, match="SEGNET_RUNS_DIR on a shared file system") as err:
+        _chief_state(tmp_path / "runs" / "0123abcd")
+    assert str(tmp_path / "runs" / "0123abcd" / "state.json") in str(err.value)
+
+
 def test_train_without_tf_config_fails_before_any_run(tiny_synth, tmp_path):
     env = segnet_env(tmp_path)
     env.pop("TF_CONFIG", None)
