@@ -435,16 +435,8 @@ def _signals_deferred() -> Iterator[None]:
     from segnet.errors import raise_on_sigint, raise_on_sigterm
 
     came: list[int] = []
-    saved = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):
-            saved[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
-    try:
+    with _signal_handlers(lambda signum, frame: came.append(signum)) as saved:
         yield
-    finally:
-        for sig, h in saved.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, h)
     if came and saved.get(came[0]) != signal.SIG_IGN:
         handler = saved[came[0]]
         if not callable(handler):  # SIG_DFL: end as Ctrl-C or SIGTERM does in segnet
@@ -455,12 +447,20 @@ def _signals_deferred() -> Iterator[None]:
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM for the duration (main thread only), then restore the handlers."""
+    with _signal_handlers(signal.SIG_IGN):
+        yield
+
+
+@contextlib.contextmanager
+def _signal_handlers(handler) -> Iterator[dict]:
+    """``handler`` for SIGINT and SIGTERM for the duration (main thread only; elsewhere nothing changes);
+    yields the handlers it replaced, restored on the way out."""
     saved = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):
-            saved[sig] = signal.signal(sig, signal.SIG_IGN)
+            saved[sig] = signal.signal(sig, handler)
     try:
-        yield
+        yield saved
     finally:
         for sig, h in saved.items():
             with contextlib.suppress(ValueError, TypeError):

@@ -56,3 +56,30 @@ class EncoderSpec:
     build: Callable[..., EncoderOutput]
     order: int = DEFAULT_ORDER
     weights: EncoderWeights | None = None
+
+
+def pooled_levels(x, *, depth: int, level: Callable, dropout: float = 0.0, with_indices: bool = False) -> EncoderOutput:
+    """The level structure every pooling encoder shares: ``level(x, i)`` for i = 0..depth-1 (skip ``i``),
+    each followed by a 2x2 'SAME' max pooling ``encoder{i+1}_pool`` (``MaxPoolWithArgmax`` when
+    ``with_indices``), dropout after every pooling but the first (``encoder{i+1}_dropout``), then
+    ``level(x, depth)`` as the bottleneck (``bottleneck_dropout``)."""
+    import keras
+
+    from segnet.models.layers import MaxPoolWithArgmax
+
+    skips, indices, pooled = [], [], []
+    for i in range(depth):
+        x = level(x, i)
+        skips.append(x)
+        if with_indices:
+            x, idx = MaxPoolWithArgmax(name=f"encoder{i + 1}_pool")(x)
+        else:
+            x, idx = keras.layers.MaxPooling2D(2, padding="same", name=f"encoder{i + 1}_pool")(x), None
+        indices.append(idx)
+        pooled.append(x)
+        if dropout > 0 and i > 0:
+            x = keras.layers.Dropout(dropout, name=f"encoder{i + 1}_dropout")(x)
+    x = level(x, depth)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    return EncoderOutput(bottleneck=x, skips=skips, indices=indices, downsampled=pooled)

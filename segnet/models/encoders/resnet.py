@@ -40,7 +40,7 @@ import re
 from pathlib import Path
 
 from segnet.errors import ConfigError
-from segnet.models.encoders._base import EncoderOutput, EncoderSpec, EncoderWeights
+from segnet.models.encoders._base import EncoderOutput, EncoderSpec, EncoderWeights, pooled_levels
 
 BLOCKS = (3, 4, 6, 3)  # ResNet-34's basic blocks per stage
 EXTRA_BLOCKS = 1  # per stage beyond the fourth (the centre block)
@@ -92,26 +92,12 @@ def build(x, *, depth: int, filters: int, residual: bool = False, dropout: float
           batch_norm=None) -> EncoderOutput:
     import keras
 
-    from segnet.models.layers import FusedBatchNormalization, MaxPoolWithArgmax
+    from segnet.models.layers import FusedBatchNormalization
 
     bn = batch_norm or FusedBatchNormalization
     x = keras.layers.Activation("relu", name="encoder_stem_relu")(_conv_bn(x, filters, 7, "encoder_stem", bn))
-    skips, indices, pooled = [], [], []
-    for level in range(depth):
-        x = stage(x, level + 1, filters, bn)
-        skips.append(x)
-        if with_indices:
-            x, idx = MaxPoolWithArgmax(name=f"encoder{level + 1}_pool")(x)
-        else:
-            x, idx = keras.layers.MaxPooling2D(2, padding="same", name=f"encoder{level + 1}_pool")(x), None
-        indices.append(idx)
-        pooled.append(x)
-        if dropout > 0 and level > 0:
-            x = keras.layers.Dropout(dropout, name=f"encoder{level + 1}_dropout")(x)
-    x = stage(x, depth + 1, filters, bn)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    return EncoderOutput(bottleneck=x, skips=skips, indices=indices, downsampled=pooled)
+    return pooled_levels(x, depth=depth, level=lambda x, i: stage(x, i + 1, filters, bn), dropout=dropout,
+                         with_indices=with_indices)
 
 
 # ----------------------------------------------------------------------------- pretrained weights

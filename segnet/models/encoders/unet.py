@@ -10,32 +10,18 @@ block (``bottleneck``, ``filters * 2**depth`` filters; ``bottleneck_dropout``). 
 
 from __future__ import annotations
 
-from segnet.models.encoders._base import EncoderOutput, EncoderSpec
+from segnet.models.encoders._base import EncoderOutput, EncoderSpec, pooled_levels
 
 
 def build(x, *, depth: int, filters: int, residual: bool = False, dropout: float = 0.0, with_indices: bool = False,
           batch_norm=None) -> EncoderOutput:
-    import keras
-
     from segnet.models.blocks import conv_block
-    from segnet.models.layers import MaxPoolWithArgmax
 
-    skips, indices, pooled = [], [], []
-    for level in range(depth):
-        x = conv_block(x, filters * 2**level, name=f"encoder{level + 1}", residual=residual, batch_norm=batch_norm)
-        skips.append(x)
-        if with_indices:
-            x, idx = MaxPoolWithArgmax(name=f"encoder{level + 1}_pool")(x)
-        else:
-            x, idx = keras.layers.MaxPooling2D(2, padding="same", name=f"encoder{level + 1}_pool")(x), None
-        indices.append(idx)
-        pooled.append(x)
-        if dropout > 0 and level > 0:
-            x = keras.layers.Dropout(dropout, name=f"encoder{level + 1}_dropout")(x)
-    x = conv_block(x, filters * 2**depth, name="bottleneck", residual=residual, batch_norm=batch_norm)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    return EncoderOutput(bottleneck=x, skips=skips, indices=indices, downsampled=pooled)
+    def level(x, i):  # level i < depth: encoder{i+1}; i == depth: the bottleneck
+        name = f"encoder{i + 1}" if i < depth else "bottleneck"
+        return conv_block(x, filters * 2**i, name=name, residual=residual, batch_norm=batch_norm)
+
+    return pooled_levels(x, depth=depth, level=level, dropout=dropout, with_indices=with_indices)
 
 
 SPEC = EncoderSpec(
