@@ -6,9 +6,22 @@ The same function serves the end of every training run (prefix "") and ``segnet 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 from segnet.config import Config
+from segnet.data import load_dataset
+from segnet.data.folds import split
+from segnet.data.pipeline import from_network, to_network
+from segnet.errors import SegnetError
+from segnet.inference import predict_logits, probabilities_from_logits
+from segnet.metrics import artifacts, segmentation
+from segnet.models.decoders import resolve_decoder
+
+# segnet.plots (matplotlib), segnet.tracking and segnet.runs (MLflow) are imported where they are used:
+# docs/architecture.md, "Why TensorFlow is imported late".
 
 
 def overlap_unevenness(spec, options: dict) -> float:
@@ -18,9 +31,7 @@ def overlap_unevenness(spec, options: dict) -> float:
 
 
 def const_response(model, spec, return_maps: bool = False):
-    from segnet.metrics.artifacts import artifact_const_response
-
-    res = artifact_const_response(model, needs_indices=spec.needs_indices, return_maps=return_maps)
+    res = artifacts.artifact_const_response(model, needs_indices=spec.needs_indices, return_maps=return_maps)
     return res if return_maps else float(res["max"])
 
 
@@ -34,11 +45,6 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
     Returns {"metrics": {...}, "scores": DataFrame, "figures": {artifact_file: Figure},
     "probabilities": (N,101,101) float32 salt probabilities (flip TTA when eval.tta)}.
     """
-    from segnet.data.pipeline import from_network, to_network
-    from segnet.inference import probabilities_from_logits
-    from segnet.metrics import artifacts, segmentation
-    from segnet.models.decoders import resolve_decoder
-
     _, options = resolve_decoder(cfg.model.decoder, cfg.decoder)
     models = model if isinstance(model, list) else [model]
     x = to_network(images, cfg.data.size, cfg.data.resize_mode)
@@ -86,8 +92,6 @@ def _mean_logits(models: list, images_net: np.ndarray, batch_size: int, tta: boo
     """The members' mean logits at network resolution (where the artifact metrics look). Mapping back to
     101x101 is linear (a crop or a bilinear resize), so this is the mean of their 101x101 logits, what
     ``inference.EnsemblePredictor`` (prediction, the logged model) computes."""
-    from segnet.inference import predict_logits
-
     return np.mean([predict_logits(m, images_net, batch_size, tta=tta) for m in models], axis=0)
 
 
@@ -138,9 +142,6 @@ def _log_evaluation(run, out: dict, prefix: str) -> None:
 
 def log_probabilities(run, ids, probs: np.ndarray, artifact_file: str) -> None:
     """``ids`` and their (N,101,101) salt probabilities as float16 in a compressed .npz artifact."""
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         np.savez_compressed(path, ids=np.asarray([str(i) for i in ids]), probs=np.asarray(probs, np.float16))
@@ -158,8 +159,6 @@ def evaluate_ensemble(predictor, images: np.ndarray, masks: np.ndarray, ids: lis
     """A fold ensemble (``inference.EnsemblePredictor``) on labelled images, at its threshold (the
     out-of-fold one): the quality metrics of ``evaluate_model`` from the mean logits at 101x101, the
     per-image scores and the overlays. The artifact metrics belong to one network: see each fold's run."""
-    from segnet.metrics import segmentation
-
     probs = predictor.probabilities(images, progress=True)
     truth = masks[..., 0] > 0.5
     pred = probs > predictor.threshold
@@ -190,9 +189,6 @@ def evaluate_run(run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> di
     on the mean of its snapshots' logits.
     """
     from segnet import tracking
-    from segnet.data import load_dataset
-    from segnet.data.folds import split
-    from segnet.errors import SegnetError
     from segnet.runs import load_run, run_config
 
     uri, info, cfg = run_config(run_id, overrides)

@@ -22,10 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet import atomic, locks, paths
+from segnet import atomic, evaluate, locks, multiworker, paths
 from segnet.atomic import atomic_write, atomic_write_text
 from segnet.config import Config
+from segnet.data import load_dataset
+from segnet.data.folds import split
+from segnet.data.pipeline import from_network, make_dataset, to_network
 from segnet.errors import SegnetError
+from segnet.inference import predict_logits
+from segnet.losses import get_loss
+from segnet.metrics.segmentation import iou, tgs_map
+from segnet.models.decoders import resolve_decoder
+from segnet.models.encoders import fetch_weights
+
+# TensorFlow and Keras (and segnet.models' builders, segnet.models.heads), MLflow (segnet.tracking,
+# segnet.runs) and matplotlib (segnet.plots) are imported inside the functions that use them, so that the
+# data, the folds, the store and the runs folder are checked in seconds: docs/architecture.md, "Why
+# TensorFlow is imported late".
 
 EPOCH_METRICS = ("loss", "val_loss", "val_iou", "val_tgs_map", "lr", "epoch_time_s", "train_images_per_s")
 
@@ -48,8 +61,6 @@ def setup_runtime(cfg: Config):
     is made first: it configures TensorFlow's runtime, which the first device listing starts."""
     import keras
     import tensorflow as tf
-
-    from segnet import multiworker
 
     if cfg.train.threads:
         try:
@@ -230,10 +241,6 @@ def validation_scores(cfg, model, val_images_net, val_masks, loss_fn):
     """Exact per-epoch validation metrics on the whole fold, at 101x101."""
     import tensorflow as tf
 
-    from segnet.data.pipeline import from_network, to_network
-    from segnet.inference import predict_logits
-    from segnet.metrics.segmentation import iou, tgs_map
-
     logits = predict_logits(model, val_images_net, cfg.train.batch_size)
     masks_net = to_network(val_masks, cfg.data.size, cfg.data.resize_mode, is_mask=True)
     losses = [
@@ -271,8 +278,6 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
     the epochs (``_run_epoch``), the final evaluation and logging (``_finish``). With ``train.strategy:
     multi_worker`` on a worker that is not the chief: :func:`_follow_chief` (no metrics returned).
     """
-    from segnet import multiworker
-
     role = multiworker.role() if cfg.train.strategy == "multi_worker" else None  # TF_CONFIG, before any work
     with multiworker.cluster_errors(role):
         return _train(cfg, role, parent_run_id, extra_tags)
@@ -280,11 +285,7 @@ def train(cfg: Config, *, parent_run_id: str | None = None, extra_tags: dict | N
 
 def _train(cfg: Config, role, parent_run_id: str | None, extra_tags: dict | None) -> TrainResult:
     """:func:`train` on one worker (``role``: its task in a multi-worker training, else None)."""
-    from segnet import multiworker, tracking
-    from segnet.data import load_dataset
-    from segnet.data.folds import split
-    from segnet.data.pipeline import to_network
-    from segnet.models.decoders import resolve_decoder
+    from segnet import tracking
 
     # What a user can get wrong is checked before TensorFlow is set up: the data, the store, the runs folder
     # (the last two only where they are used: the other workers of a multi-worker training log nothing).
@@ -341,9 +342,6 @@ def _follow_chief(cfg: Config, strategy, spec, encoder_init, data, train_idx, va
     """A multi-worker training on a worker that is not the chief: the chief's run (new, or resumed from the
     checkpoint its resume state names), trained beside the chief epoch by epoch with the same decisions; it
     logs nothing and writes no file. Returns when the chief has finished the run."""
-    from segnet import multiworker
-    from segnet.data.pipeline import to_network
-
     run_id, resumed = multiworker.share_run(strategy)
     rdir = run_dir(run_id)
     state = _chief_state(rdir) if resumed else None
@@ -405,8 +403,6 @@ def encoder_weights(cfg: Config):
     random initial values, which must not shift the model's own initialisation."""
     import keras
 
-    from segnet.models.encoders import fetch_weights
-
     if cfg.model.encoder_weights is None:
         return None
     log(f"encoder weights: {cfg.model.encoder_weights}")
@@ -423,7 +419,6 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
     multi-worker training's other worker, which builds or restores alike and logs and writes nothing."""
     import keras
 
-    from segnet import evaluate
     from segnet.models import build_model, count_params
 
     apply = None if state is not None else encoder_init or encoder_weights(cfg)
@@ -485,9 +480,6 @@ def _snapshot_improved(cfg: Config, state: TrainState, epoch: int, score: float)
 
 def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     """Stage 3: one epoch (train, validate, checkpoint, state, metrics). True: stop early."""
-    from segnet import multiworker
-    from segnet.data.pipeline import make_dataset
-    from segnet.losses import get_loss
     from segnet.models import heads
 
     cfg, model = fit.cfg, fit.model
@@ -521,18 +513,7 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
         raise SegnetError(f"epoch {epoch + 1}: training diverged (loss {metrics['loss']}, val_loss "
                           f"{metrics['val_loss']}); lower train.lr (now {cfg.train.lr})")
 
-    improved = metrics["val_tgs_map"] > state.best
-    if improved:
-        state.best, state.best_epoch, state.wait = metrics["val_tgs_map"], epoch, 0
-    else:
-        state.wait += 1
-        if cfg.train.schedule == "plateau" and state.wait % 3 == 0:
-            state.lr = max(cfg.train.min_lr, state.lr * 0.5)
-    snapshot = _snapshot_improved(cfg, state, epoch, metrics["val_tgs_map"])
-    state.epoch = epoch
-    state.train_time_s += epoch_time
-    for k in EPOCH_METRICS:
-        state.history[k].append(metrics[k])
+    improved, snapshot = _record_epoch(cfg, state, epoch, metrics)
     if fit.run is not None:  # not on the other workers of a multi-worker training: the chief keeps the run
         _save_checkpoint(model, state, fit.rdir, improved, snapshot)
         fit.run.log_metrics(metrics, step=epoch)
@@ -546,6 +527,25 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     return False
 
 
+def _record_epoch(cfg: Config, state: TrainState, epoch: int, metrics: dict) -> tuple[bool, int | None]:
+    """The state after ``epoch`` scored ``metrics``: best score and early-stopping wait, the plateau
+    schedule's halving, the sgdr cycle's snapshot, history and training time. Returns (improved, the
+    cycle whose snapshot this epoch is, or None)."""
+    improved = metrics["val_tgs_map"] > state.best
+    if improved:
+        state.best, state.best_epoch, state.wait = metrics["val_tgs_map"], epoch, 0
+    else:
+        state.wait += 1
+        if cfg.train.schedule == "plateau" and state.wait % 3 == 0:
+            state.lr = max(cfg.train.min_lr, state.lr * 0.5)
+    snapshot = _snapshot_improved(cfg, state, epoch, metrics["val_tgs_map"])
+    state.epoch = epoch
+    state.train_time_s += metrics["epoch_time_s"]
+    for k in EPOCH_METRICS:
+        state.history[k].append(metrics[k])
+    return improved, snapshot
+
+
 def _moving_statistics(model) -> list:
     """The moving means and variances of every batch-norm layer of ``model``."""
     return [v for v in model.non_trainable_variables if v.path.endswith(("/moving_mean", "/moving_variance"))]
@@ -557,7 +557,7 @@ def _finish(fit: _Fit, state: TrainState, spec, val_images, val_masks, val_ids) 
     evaluated and logged instead of the best checkpoint: the mean of its snapshots' logits."""
     import keras
 
-    from segnet import evaluate, plots
+    from segnet import plots
     from segnet.models import count_params
 
     what = f"snapshot ensemble ({len(state.snapshots)} snapshots)" if state.snapshots else "best checkpoint"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import pkgutil
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ from segnet.errors import ConfigError
 from segnet.models import DECODERS, build_model, resolve_decoder
 from segnet.models import layers as L  # noqa: N812
 
-from .procs import run, segnet_env, tiny_overrides
+from .procs import segnet_env, tiny_overrides
 
 NAMES = list(DECODERS)
 
@@ -325,7 +326,7 @@ def test_the_known_overlap_values():
 _NEW_DECODER = """
     \"\"\"A decoder written by a test: nearest resize then conv 3x3, in a file of its own.\"\"\"
 
-    from segnet.models.decoders import DecoderSpec, Option, even_taps
+    from segnet.models.decoders._base import DecoderSpec, Option, even_taps
 
 
     def make_block(interpolation="nearest"):
@@ -347,12 +348,14 @@ _CHECK = """
 import sys
 from pathlib import Path
 
+import segnet
 from segnet.ablate import plan
 from segnet.config import load_config
 from segnet.errors import ConfigError
 from segnet.models.decoders import DECODERS
 
-name, ablation = sys.argv[1], Path(sys.argv[2])
+name, ablation, copy = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+assert Path(segnet.__file__).resolve().is_relative_to(copy.resolve()), segnet.__file__  # the copy, not the checkout
 assert list(DECODERS)[-1] == name, list(DECODERS)  # order 100: after the built-in ones
 cfg = load_config(None, [f"model.decoder={name}", "decoder.interpolation=bilinear"])
 assert cfg.variant() == f"{name}_bilinear", cfg.variant()
@@ -367,26 +370,37 @@ print("checked", name)
 """
 
 
+def _checkout_copy(root: Path) -> Path:
+    """The package, its configs and pyproject.toml copied to ``root`` (so ``segnet.paths.ROOT`` is ``root``).
+    A process started in ``root`` imports this copy: the checkout, which other processes (a background
+    training, a parallel test run) import, is never written to."""
+    shutil.copytree(Path(decoders_pkg.__file__).parents[2], root / "segnet",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(paths.CONFIGS, root / "configs")
+    shutil.copy2(paths.ROOT / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
 def test_a_decoder_file_is_picked_up_without_touching_another_file(tiny_synth, tmp_path):
-    """Write a decoder module into the package, then: config validation, variant label, an ablation plan,
-    ``segnet shapes`` and a one-epoch ``segnet train`` all know it. The file is removed afterwards."""
+    """Write a decoder module into the decoders package of a copy of the checkout, then: config
+    validation, variant label, an ablation plan, ``segnet shapes`` and a one-epoch ``segnet train`` (the
+    CLI, run in the copy) all know it; no other file was edited."""
     name = f"zz_test_{uuid.uuid4().hex[:8]}"
-    path = Path(decoders_pkg.__file__).parent / f"{name}.py"
+    copy = _checkout_copy(tmp_path / "checkout")
+    (copy / "segnet" / "models" / "decoders" / f"{name}.py").write_text(textwrap.dedent(_NEW_DECODER.format(name=name)))
     ablation = tmp_path / "ablation.yaml"
     ablation.write_text(f"variants:\n  ref: {{model.decoder: transposed}}\n  new: {{model.decoder: {name}}}\n")
-    try:
-        path.write_text(textwrap.dedent(_NEW_DECODER.format(name=name)))
-        env = segnet_env(tmp_path)
-        checked = subprocess.run([sys.executable, "-c", _CHECK, name, str(ablation)], capture_output=True,
-                                 text=True, env=env, cwd=paths.ROOT, timeout=300)
-        assert checked.returncode == 0 and f"checked {name}" in checked.stdout, checked.stderr[-3000:]
-        shapes = run(["shapes", f"model.decoder={name}", "model.depth=3", "model.filters=4"], tmp_path, env=env)
-        assert shapes.returncode == 0, shapes.stderr[-3000:]
-        assert f"unet_{name}" in shapes.stdout and "unevenness (max-min)/max = 0.00" in shapes.stdout
-        trained = run(["train", *tiny_overrides(tiny_synth, epochs=1), f"model.decoder={name}"], tmp_path, env=env)
-        assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
-        assert "run_id:" in trained.stdout + trained.stderr
-    finally:
-        path.unlink(missing_ok=True)
-        for cached in (path.parent / "__pycache__").glob(f"{name}.*"):
-            cached.unlink(missing_ok=True)
+    env = segnet_env(tmp_path)
+
+    def segnet(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=copy, timeout=600)
+
+    checked = segnet("-c", _CHECK, name, str(ablation), str(copy))
+    assert checked.returncode == 0 and f"checked {name}" in checked.stdout, checked.stderr[-3000:]
+    shapes = segnet("-m", "segnet", "shapes", f"model.decoder={name}", "model.depth=3", "model.filters=4")
+    assert shapes.returncode == 0, shapes.stderr[-3000:]
+    assert f"unet_{name}" in shapes.stdout and "unevenness (max-min)/max = 0.00" in shapes.stdout
+    trained = segnet("-m", "segnet", "train", *tiny_overrides(tiny_synth, epochs=1), f"model.decoder={name}")
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
+    assert "run_id:" in trained.stdout + trained.stderr
+    assert not (Path(decoders_pkg.__file__).parent / f"{name}.py").exists(), "the checkout's package was written to"
