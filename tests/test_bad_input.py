@@ -8,13 +8,16 @@ store and the runs folder there too). To add a case, append a :class:`Case` to `
 * ``argv`` and ``expect`` may hold placeholders: ``{tmp}`` (the case's folder) and any name ``setup``
   returned (e.g. ``{id}``);
 * ``expect``: words the one error line must contain; ``absent``: paths (relative to ``{tmp}``) that must
-  not exist afterwards; ``env``: extra environment variables;
+  not exist afterwards; ``env``: extra environment variables; ``unprivileged``: file permissions must
+  bind (as root, the command runs without the capabilities that override them);
+* ``setup`` may append to ``ctx.cleanups`` (e.g. stop a server it started): run after the command;
 * stderr is checked strictly, also for a case that fails after TensorFlow is imported: the CLI hides
   TensorFlow's start-up lines (``segnet.tfnoise``), so any other line is a failure.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -36,6 +39,7 @@ class Ctx:
 
     tmp: Path
     source: Path
+    cleanups: list[Callable[[], object]] = field(default_factory=list)  # run after the command, in order
 
     def dataset(self, name: str = "ds") -> Path:
         """A fresh copy of the valid 8-image dataset at ``tmp/name``."""
@@ -52,6 +56,11 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 180.0
     skip: str | None = None
+    # File permissions must bind: run as root, the command runs without the capabilities that let root
+    # ignore them (``_UNPRIVILEGED``), so a read-only file or folder is read-only for it too.
+    unprivileged: bool = False
+    # The error can only come after the MLflow run was opened (it must end FAILED); otherwise no run at all.
+    opens_run: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,6 +104,26 @@ def closed_port(ctx: Ctx) -> dict:
         return {"port": str(s.getsockname()[1])}
 
 
+def not_an_mlflow_server(ctx: Ctx) -> dict:
+    """Another web service where the tracking server should be (a wrong port): it answers, but not MLflow."""
+    import socket
+    import time
+
+    ctx.dataset()
+    port = closed_port(ctx)["port"]
+    web = subprocess.Popen([sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"], cwd=ctx.tmp,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx.cleanups.append(lambda: (web.kill(), web.wait()))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+            return {"port": port}
+        except OSError:
+            assert web.poll() is None and time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.1)
+
+
 def dataset_and_closed_port(ctx: Ctx) -> dict:
     ctx.dataset()
     return closed_port(ctx)
@@ -114,6 +143,25 @@ def dataset_and_read_only_store(ctx: Ctx) -> None:
     db.chmod(0o444)
 
 
+def dataset_only(ctx: Ctx) -> None:
+    ctx.dataset()
+
+
+def mlflow_store(ctx: Ctx) -> None:
+    """A store MLflow made (its tables, an experiment 'old'), without runs."""
+    db = ctx.tmp / "mlflow.db"
+    code = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).create_experiment('old')"
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], check=True, capture_output=True, timeout=120)
+    assert db.read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def dataset_and_read_only_mlflow_store(ctx: Ctx) -> None:
+    """A store MLflow made, then made read-only: a user's old store."""
+    ctx.dataset()
+    mlflow_store(ctx)
+    (ctx.tmp / "mlflow.db").chmod(0o444)
+
+
 def dataset_and_a_file(ctx: Ctx) -> None:
     ctx.dataset()
     (ctx.tmp / "afile").write_text("a file where a folder should be")
@@ -125,6 +173,21 @@ def config_folder(ctx: Ctx) -> None:
 
 def config_broken_yaml(ctx: Ctx) -> None:
     (ctx.tmp / "broken.yaml").write_text("train: [epochs\n")
+
+
+def ablation_file(text: str | bytes) -> Callable[[Ctx], None]:
+    """``{tmp}/ablation.yaml`` with ``text`` (bytes: written as they are)."""
+    def setup(ctx: Ctx) -> None:
+        f = ctx.tmp / "ablation.yaml"
+        f.write_bytes(text) if isinstance(text, bytes) else f.write_text(text)
+
+    return setup
+
+
+def dataset_and_read_only_folder(ctx: Ctx) -> None:
+    ctx.dataset()
+    (ctx.tmp / "ro").mkdir()
+    (ctx.tmp / "ro").chmod(0o555)
 
 
 def depth(value: str) -> Callable[[Ctx], dict]:
@@ -214,6 +277,10 @@ def malformed_rle(rle: str) -> Callable[[Ctx], dict]:
 # --------------------------------------------------------------------------------------------------
 
 _ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+# Root without the capabilities that override file permissions (util-linux's setpriv, dropped from the
+# bounding set before exec): still uid 0, the owner of everything the test makes, but a 0o444 file or a
+# 0o555 folder refuses it as it would refuse any user.
+_UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
 _TRAIN = ["train", "train.epochs=1"]
 
 CASES = [
@@ -261,8 +328,7 @@ CASES = [
     Case("synth_out_under_a_file", ["data", "synth", "--out", "{tmp}/afile/synth", "--n", "8"],
          ["{tmp}/afile/synth", "cannot create"], setup=a_file_where_a_folder_goes, absent=["afile/synth"]),
     Case("synth_out_read_only", ["data", "synth", "--out", "{tmp}/ro/synth", "--n", "8"],
-         ["{tmp}/ro/synth", "Permission denied"], setup=read_only_folder, absent=["ro/synth"],
-         skip="root ignores file permissions" if _ROOT else None),
+         ["{tmp}/ro/synth", "Permission denied"], setup=read_only_folder, absent=["ro/synth"], unprivileged=True),
     Case("synth_negative_seed", ["data", "synth", "--out", "{tmp}/s", "--n", "8", "--seed", "-1"], ["--seed"],
          absent=["s"]),
     # -- the tracking store and the run folders --
@@ -278,19 +344,54 @@ CASES = [
     Case("train_store_unreachable", [*_TRAIN, "data.dir={tmp}/ds"],
          ["cannot reach the MLflow tracking server", "http://127.0.0.1:{port}"], setup=dataset_and_closed_port,
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, timeout=120),
+    Case("store_not_mlflow", ["evaluate", "--run-id", "0123456789abcdef"],
+         ["tracking store http://127.0.0.1:{port}", "cannot be used"], setup=not_an_mlflow_server,
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, timeout=120),
+    Case("train_store_not_mlflow", [*_TRAIN, "data.dir={tmp}/ds"],
+         ["tracking store http://127.0.0.1:{port}", "cannot be used"], setup=not_an_mlflow_server,
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, timeout=180),
     Case("train_store_corrupt", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "not an sqlite database"],
          setup=dataset_and_corrupt_store),
     Case("store_read_only", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "read-only"],
-         setup=dataset_and_read_only_store,
-         skip="root writes read-only files: nothing to refuse" if _ROOT else None),
-    Case("unknown_run", ["evaluate", "--run-id", "0123456789abcdef"], ["run '0123456789abcdef' not found"]),
+         setup=dataset_and_read_only_store, unprivileged=True),
+    Case("store_read_only_existing", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/mlflow.db", "read-only"],
+         setup=dataset_and_read_only_mlflow_store, unprivileged=True),
+    Case("train_store_uri_invalid", [*_TRAIN, "data.dir={tmp}/ds"], ["tracking store nope://x", "cannot be used"],
+         setup=dataset_only, env={"MLFLOW_TRACKING_URI": "nope://x"}),
+    Case("runs_dir_read_only", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/ro", "not writable", "SEGNET_RUNS_DIR"],
+         setup=dataset_and_read_only_folder, env={"SEGNET_RUNS_DIR": "{tmp}/ro"}, unprivileged=True),
+    Case("unknown_run_no_store", ["evaluate", "--run-id", "0123456789abcdef"],
+         ["run '0123456789abcdef' not found", "{tmp}/mlflow.db", "does not exist"],
+         absent=["mlflow.db", "mlflow.db-segnet.lock"]),  # a mistyped store path creates no empty store
+    Case("unknown_run", ["evaluate", "--run-id", "0123456789abcdef"], ["run '0123456789abcdef' not found"],
+         setup=mlflow_store),
     Case("predict_out_under_a_file", ["predict", "--run-id", "0123456789abcdef", "--images", "{tmp}/ds/train/images",
                                       "--out", "{tmp}/afile/s.csv"], ["--out {tmp}/afile/s.csv", "cannot write"],
          setup=dataset_and_a_file, absent=["afile/s.csv"]),
+    Case("predict_out_read_only", ["predict", "--run-id", "0123456789abcdef", "--images", "{tmp}/ds/train/images",
+                                   "--out", "{tmp}/ro/s.csv"], ["--out {tmp}/ro/s.csv", "cannot write"],
+         setup=dataset_and_read_only_folder, absent=["ro/s.csv"], unprivileged=True),
+    Case("predict_out_is_a_folder", ["predict", "--run-id", "0123456789abcdef", "--images", "{tmp}/ds/train/images",
+                                     "--out", "{tmp}/ds"], ["--out {tmp}/ds", "is a folder"],
+         setup=dataset_only),
     Case("train_unknown_tag_format", [*_TRAIN, "--tag", "nokey"], ["--tag 'nokey'", "KEY=VALUE"]),
     # -- training on a bad dataset (segnet.train sets TensorFlow up before it reads the data) --
     Case("zero_images_train", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/ds/train.csv", "no training images"],
          setup=zero_images),
+    Case("depth_inf_train", [*_TRAIN, "data.dir={tmp}/ds"], ["{tmp}/ds/depths.csv", "{id}", "non-finite"],
+         setup=depth("inf")),
+    # -- ablation files (read before any child starts) --
+    Case("ablate_config_is_a_folder", ["ablate", "--config", "{tmp}/profile"], ["{tmp}/profile", "folder"],
+         setup=config_folder),
+    Case("ablate_config_broken_yaml", ["ablate", "--config", "{tmp}/ablation.yaml"],
+         ["{tmp}/ablation.yaml", "not valid YAML"], setup=ablation_file("variants: [x\n")),
+    Case("ablate_config_not_text", ["ablate", "--config", "{tmp}/ablation.yaml"],
+         ["{tmp}/ablation.yaml", "not UTF-8"], setup=ablation_file(b"\xff\xfe\x00 binary")),
+    Case("ablate_config_a_list", ["ablate", "--config", "{tmp}/ablation.yaml"],
+         ["{tmp}/ablation.yaml", "mapping"], setup=ablation_file("- a\n- b\n")),
+    Case("ablate_overrides_not_a_list", ["ablate", "--config", "{tmp}/ablation.yaml"],
+         ["{tmp}/ablation.yaml", "'overrides'"],
+         setup=ablation_file("overrides: 5\nvariants:\n  a:\n    model.decoder: transposed\n")),
 ]
 
 _LEFTOVERS = (".*.tmp-*", ".*.old-*", ".*.download-*", "*.tmp")  # a writer's temporary files
@@ -314,29 +415,51 @@ def _run(case: Case, tmp: Path, names: dict) -> subprocess.CompletedProcess:
         env.pop(name, None)
     env.update({k: v.format(**names) for k, v in case.env.items()})
     argv = [a.format(**names) for a in case.argv]
-    return subprocess.run([sys.executable, "-m", "segnet", *argv], cwd=tmp, env=env, capture_output=True,
+    prefix = _UNPRIVILEGED if case.unprivileged and _ROOT else []
+    return subprocess.run([*prefix, sys.executable, "-m", "segnet", *argv], cwd=tmp, env=env, capture_output=True,
                           text=True, timeout=case.timeout)
 
 
-def _running_runs(db: Path) -> int:
+@functools.cache
+def _can_drop_privileges() -> bool:
+    """``_UNPRIVILEGED`` works here and does what it says: a 0o444 file cannot be opened for writing."""
+    import tempfile
+
+    if shutil.which("setpriv") is None:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "ro"
+        f.write_text("")
+        f.chmod(0o444)
+        probe = subprocess.run([*_UNPRIVILEGED, sys.executable, "-c", "import sys; open(sys.argv[1], 'a')", str(f)],
+                               capture_output=True, text=True, timeout=60)
+        return probe.returncode != 0 and "PermissionError" in probe.stderr
+
+
+def _run_statuses(db: Path) -> list[str]:
     if db.read_bytes()[:16] != b"SQLite format 3\x00":  # a case that corrupted the store on purpose
-        return 0
+        return []
     with sqlite3.connect(db) as con:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone():
-            return 0
-        return con.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+            return []
+        return [s for (s,) in con.execute("SELECT status FROM runs")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_line(case: Case, tmp_path: Path, source: Path):
     if case.skip:
         pytest.skip(case.skip)
+    if case.unprivileged and _ROOT and not _can_drop_privileges():
+        pytest.skip("run as root without setpriv (util-linux): file permissions cannot bind")
     names = {"tmp": str(tmp_path)}
+    ctx = Ctx(tmp_path, source)
     try:
         if case.setup is not None:
-            names.update(case.setup(Ctx(tmp_path, source)) or {})
+            names.update(case.setup(ctx) or {})
         proc = _run(case, tmp_path, names)
     finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
         for p in tmp_path.rglob("*"):  # undo a read-only setup so pytest can clean up
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)
@@ -357,7 +480,9 @@ def test_bad_input_gives_one_line(case: Case, tmp_path: Path, source: Path):
     assert not leftovers, f"temporary files left behind: {leftovers}"
     db = tmp_path / "mlflow.db"
     if db.exists():
-        assert _running_runs(db) == 0, "a run was left RUNNING in the tracking store"
+        statuses = _run_statuses(db)
+        assert "RUNNING" not in statuses, "a run was left RUNNING in the tracking store"
+        assert case.opens_run or not statuses, f"bad input must be refused before a run is opened: {statuses}"
 
 
 def test_config_errors_come_before_tensorflow():

@@ -97,8 +97,12 @@ def test_sigkill_then_resume_is_the_uninterrupted_run(tiny_synth, tmp_path):
     assert run_statuses(dir_) == {run_id: "RUNNING"}
 
     second = spawn(["train", *over, "train.resume=true"], dir_)
+    wait_for_state(second, dir_ / "runs", 0)
+    t0 = time.monotonic()
     wait_for_state(second, dir_ / "runs", 1)
-    second.kill()  # mid-training
+    time.sleep((time.monotonic() - t0) / 2)  # half an epoch on: among epoch 3's batches, not between epochs
+    assert second.poll() is None, "the resumed run ended before it could be killed mid-epoch"
+    second.kill()  # mid-epoch
     out2 = _finish(second)
     assert f"resume: run {run_id}" in out2, out2[-3000:]
 
@@ -117,7 +121,8 @@ def test_sigkill_then_resume_is_the_uninterrupted_run(tiny_synth, tmp_path):
         for (_, a), (_, b) in zip(got, want, strict=True):
             assert a == pytest.approx(b, rel=1e-4, abs=1e-5), (key, got, want)
     # Finished runs keep only the best checkpoint (and the resume state) on disk.
-    assert sorted(p.name for p in (dir_ / "runs" / run_id).glob("*.keras")) == ["best.keras"]
+    for folder in (dir_ / "runs" / run_id, ref_dir / "runs" / ref_id):  # last.keras deleted, resumed or not
+        assert sorted(p.name for p in folder.glob("*.keras")) == ["best.keras"], folder
 
 
 def _ablation_file(tmp_path, data_dir) -> str:
@@ -138,7 +143,10 @@ def test_signal_stops_ablate_and_every_child(how, tiny_synth, tmp_path):
         assert kids, "the children run as processes of their own"
         # A second ablation of the same config while this one runs is refused, not joined.
         again = run(["ablate", "--config", abl, "--jobs", "2"], tmp_path, timeout=300)
-        assert again.returncode == 2 and "still running" in again.stderr, again.stdout[-2000:] + again.stderr
+        report = again.stdout[-2000:] + again.stderr
+        err = again.stderr.splitlines()
+        assert again.returncode == 2 and len(err) == 1 and "Traceback" not in again.stderr, report
+        assert err[0].startswith("segnet: error: ") and "still running" in err[0] and f"pid {proc.pid}" in err[0], report
         t0 = time.time()
         if how.startswith("SIGTERM"):
             proc.send_signal(signal.SIGTERM)
