@@ -159,9 +159,11 @@ def register(run_id: str, name: str = tracking.DEFAULT_REGISTERED_MODEL, alias: 
     uri = uri or store_uri()
     info = tracking.get_run(uri, run_id)
     tags = {**tracking.registry_tags(info), **(extra_tags or {})}
-    scores = ", ".join(f"{k.removeprefix('segnet.')} {tags[k]}" for k in ("segnet.val_tgs_map_tuned",
+    scores = ", ".join(f"{k.removeprefix('segnet.')} {tags[k]}" for k in ("segnet.oof_tgs_map",
+                                                                         "segnet.val_tgs_map_tuned",
                                                                          "segnet.best_val_tgs_map") if k in tags)
-    description = (f"{tags.get('segnet.variant', 'segnet')} from run {run_id} ({info.info.run_name}); {scores}; "
+    what = tags.get("segnet.variant", "segnet") + (" fold ensemble" if tags.get("segnet.role") == "cv" else "")
+    description = (f"{what} from run {run_id} ({info.info.run_name}); {scores}; "
                    f"data {tags.get('segnet.dataset', '?')} {tags.get('segnet.data_fingerprint', '?')}")
     mv = tracking.register_model(uri, run_id, name, alias, tags=tags, description=description)
     where = f"models:/{name}@{alias}" if alias else f"models:/{name}/{mv.version}"

@@ -19,9 +19,12 @@ from segnet.ablate import plan as ablation_plan
 from segnet.children import child_command
 from segnet.config import load_config
 from segnet.cv import SCORE_COLUMNS
+from segnet.cv import plan as cv_plan
 from segnet.errors import ConfigError, SegnetError
 
 from .procs import run, run_statuses, store_uri, tiny_overrides
+
+CV_MODEL = "segnet-cv-test"  # the registered model the cv fixture's fold ensemble goes to
 
 
 # -- ablation over folds (plans only, no training) --------------------------------------------------
@@ -63,9 +66,11 @@ def test_bad_folds_fail_before_training(tmp_path, folds):
 # -- segnet cv end to end ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cv_run(tiny_synth, tmp_path_factory):
-    """One `segnet cv --jobs 2` of two one-epoch folds of the tiny model, in its own store."""
+    """One `segnet cv --jobs 2` of two one-epoch folds of the tiny model, in its own store, registering its
+    fold ensemble (``tracking.register``)."""
     tmp = tmp_path_factory.mktemp("cv")
-    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=2", "tracking.log_model=true"]
+    over = [*tiny_overrides(tiny_synth, epochs=1), "data.n_folds=2", "tracking.log_model=true",
+            f"tracking.register={CV_MODEL}"]
     out = run(["cv", "--jobs", "2", *over], tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     parent = re.search(r"^cv_run_id: ([0-9a-f]{32})", out.stdout, re.M).group(1)
@@ -96,6 +101,15 @@ def test_cv_logs_every_image_once_out_of_fold(cv_run):
     kids = client.search_runs([info.info.experiment_id], f"tags.`segnet.cv_id` = '{parent}'")
     assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1]
     assert {r.data.tags["mlflow.parentRunId"] for r in kids} == {parent}
+    for r in kids:  # each fold's dataset inputs: the folder it trained on and its own validation fold
+        k = int(r.data.tags["segnet.fold"])
+        inputs = {next(t.value for t in di.tags if t.key == "mlflow.data.context"): di.dataset
+                  for di in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation"}
+        assert inputs["training"].name == "synthetic" and inputs["validation"].name == f"synthetic/fold-{k}-of-2"
+        assert {ds.digest for ds in inputs.values()} == {data.fingerprint} == {info.data.tags["segnet.data_fingerprint"]}
+        assert {json.loads(ds.source)["uri"] for ds in inputs.values()} == {str(data.dir.resolve())}
+        assert json.loads(inputs["validation"].profile)["num_rows"] == int((folds.fold == k).sum())
     finals = [r.data.metrics["val_tgs_map_tuned"] for r in kids]
     assert m["fold_tgs_map_mean"] == pytest.approx(np.mean(finals))
     assert m["fold_tgs_map_std"] == pytest.approx(np.std(finals, ddof=1))
@@ -143,13 +157,47 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_pa
     assert logged.tags["segnet.eval_subset"] == "all images"
 
 
+def test_cv_registers_its_fold_ensemble(cv_run):
+    """`tracking.register` on a cv: the parent's logged fold ensemble becomes a version with alias champion,
+    tagged with the variant, the out-of-fold scores and the data fingerprint; `segnet register --run-id
+    <cv run>` by hand does the same under another name."""
+    tmp, _, parent, stdout = cv_run
+    client = MlflowClient(store_uri(tmp))
+    info = client.get_run(parent)
+    mv = client.get_model_version_by_alias(CV_MODEL, "champion")
+    assert mv.run_id == parent and str(mv.version) == "1", (mv.run_id, mv.version)
+    assert f"registered: run {parent} as {CV_MODEL} version 1" in stdout
+    assert info.data.tags["segnet.registered_model"] == f"{CV_MODEL}/1"
+    assert mv.source.startswith("models:/m-"), mv.source  # an sqlite store keeps the model id in the source
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+    assert logged.source_run_id == parent and logged.name == "model"  # the parent's model: the ensemble
+    assert mv.tags["segnet.role"] == "cv" and mv.tags["segnet.variant"] == info.data.tags["segnet.variant"]
+    assert mv.tags["segnet.data_fingerprint"] == info.data.tags["segnet.data_fingerprint"]
+    for m in ("oof_tgs_map", "oof_iou", "oof_threshold", "fold_tgs_map_mean"):
+        assert float(mv.tags[f"segnet.{m}"]) == pytest.approx(info.data.metrics[m], abs=1e-4), m
+    assert "fold ensemble" in mv.description and "oof_tgs_map" in mv.description
+
+    by_hand = run(["register", "--run-id", parent, "--name", "segnet-cv-by-hand", "--alias", ""], tmp)
+    assert by_hand.returncode == 0, by_hand.stdout[-2000:] + by_hand.stderr[-3000:]
+    mv2 = client.get_model_version("segnet-cv-by-hand", "1")
+    assert mv2.run_id == parent and not mv2.aliases
+    assert client.get_logged_model(mv2.source.removeprefix("models:/")).source_run_id == parent
+    assert mv2.tags["segnet.oof_tgs_map"] == mv.tags["segnet.oof_tgs_map"]
+
+
+def test_cv_register_needs_a_logged_model():
+    with pytest.raises(ConfigError, match="tracking.log_model"):  # before any work
+        cv_plan(None, ["tracking.register=x", "tracking.log_model=false", "data.n_folds=2"])
+
+
 def test_predict_with_the_fold_ensemble_writes_a_submission(cv_run, tiny_synth):
+    """Through the registry: `--model models:/<name>@champion` of a cv is its parent's fold ensemble."""
     tmp, _, parent, _ = cv_run
     out_csv = tmp / "submission.csv"
-    out = run(["predict", "--run-id", parent, "--images", str(tiny_synth / "test" / "images"),
+    out = run(["predict", "--model", f"models:/{CV_MODEL}@champion", "--images", str(tiny_synth / "test" / "images"),
                "--out", str(out_csv)], tmp)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "fold ensemble of 2 models" in out.stdout
+    assert f"is run {parent}" in out.stdout and "fold ensemble of 2 models" in out.stdout
     sub = pd.read_csv(out_csv, dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "rle_mask"] and len(sub) == len(list((tiny_synth / "test/images").glob("*.png")))
 
@@ -163,3 +211,5 @@ def test_restarted_cv_keeps_the_finished_folds(cv_run):
     assert "[fold" not in again.stdout  # no child process was started
     assert run_statuses(tmp).keys() == runs_before.keys()
     assert set(run_statuses(tmp).values()) == {"FINISHED"}
+    versions = MlflowClient(store_uri(tmp)).search_model_versions(f"name = '{CV_MODEL}'")
+    assert [str(v.version) for v in versions] == ["1"]  # registered again: the same version

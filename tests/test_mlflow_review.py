@@ -130,6 +130,11 @@ def test_register_gives_a_version_with_alias_and_tags(server, trained, registere
     assert float(vtags["segnet.val_tgs_map_tuned"]) == pytest.approx(metrics["val_tgs_map_tuned"], abs=1e-4)
     model = rest_get(server, "/api/2.0/mlflow/registered-models/get", name=MODEL)["registered_model"]
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1"}
+    # the logged model's page lists the version it was registered as, once
+    logged = rest_get(server, f"/api/2.0/mlflow/logged-models/{registered['source'].removeprefix('models:/')}")
+    links = json.loads(_tags(logged["model"]["info"])["mlflow.modelVersions"])
+    assert [(d["name"], str(d["version"])) for d in links] == [(MODEL, "1")], links
+    assert logged["model"]["info"]["source_run_id"] == run_id
 
 
 def test_predict_by_model_alias_writes_the_same_submission(server, work, trained, registered, tiny_synth):
