@@ -24,6 +24,8 @@ SEEDS ?=
 JOBS ?=
 PLAN ?=
 SUMMARIZE ?=
+BACKEND ?=
+ADDRESS ?=
 TTA ?=
 QUICK ?=
 LEVERS ?=
@@ -37,6 +39,8 @@ OVR := $(if $(DECODER),model.decoder=$(DECODER)) $(if $(EPOCHS),train.epochs=$(E
 CFG := $(if $(CONFIG),--config $(CONFIG))
 # Which model evaluate and predict use: a run (RUN=) or a registered version (MODEL=models:/<name>@<alias>).
 WHICH := $(if $(RUN),--run-id $(RUN)) $(if $(MODEL),--model $(MODEL))
+# Where ablate's and cv's children run: BACKEND=ray (a Ray cluster; ADDRESS=auto|HOST:PORT|ray://HOST:10001 to join one).
+RAY := $(if $(BACKEND),--backend $(BACKEND)) $(if $(ADDRESS),--address $(ADDRESS))
 
 .PHONY: help install data test test-all gpu-check lint train shapes evaluate predict register ablate cv bench ui clean
 
@@ -46,10 +50,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install segnet with its dev tools (every target does this first)
+install: $(STAMP) ## create .venv and install segnet with its dev tools and Ray (every target does this first)
 
 data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist, else explain how and generate data/synthetic
 	$(PY) -m segnet data get
@@ -81,14 +85,14 @@ predict: $(STAMP) ## write a Kaggle submission: RUN=<run id> (or MODEL=models:/<
 register: $(STAMP) ## register a run's logged model in the MLflow model registry: RUN=<run id> NAME=segnet-tgs ALIAS=champion
 	$(PY) -m segnet register --run-id $(RUN) --name $(NAME) --alias '$(ALIAS)'
 
-ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS= (PLAN=1, SUMMARIZE=<id>: other schedulers)
+ablate: $(STAMP) ## train every decoder variant on the same split and seeds: SEEDS= EPOCHS= DATA= JOBS= ARGS= (BACKEND=ray ADDRESS=: a Ray cluster; PLAN=1, SUMMARIZE=<id>: other schedulers)
 	$(if $(PLAN),@)$(PY) -m segnet ablate $(if $(SUMMARIZE),--summarize $(SUMMARIZE) $(ARGS),$(CFG) \
-	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) \
+	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) $(RAY) \
 	  $(if $(EPOCHS),train.epochs=$(EPOCHS)) $(if $(DATA),data.dir=$(DATA)) $(ARGS))
 
-cv: $(STAMP) ## k-fold cross-validation of one config, a child run per fold: DECODER= EPOCHS= DATA= CONFIG= JOBS= ARGS= (PLAN=1, SUMMARIZE=<id>: other schedulers)
+cv: $(STAMP) ## k-fold cross-validation of one config, a child run per fold: DECODER= EPOCHS= DATA= CONFIG= JOBS= ARGS= (BACKEND=ray ADDRESS=: a Ray cluster; PLAN=1, SUMMARIZE=<id>: other schedulers)
 	$(if $(PLAN),@)$(PY) -m segnet cv $(if $(SUMMARIZE),--summarize $(SUMMARIZE) $(ARGS),$(CFG) \
-	  $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) $(OVR))
+	  $(if $(JOBS),--jobs $(JOBS)) $(if $(PLAN),--plan) $(RAY) $(OVR))
 
 bench: $(STAMP) ## speed, memory and FLOP/s of every decoder against the baseline Keras U-Net (QUICK=1 short, LEVERS=1 lever by lever)
 	$(PY) -m segnet bench $(if $(QUICK),--quick) $(if $(LEVERS),--levers)

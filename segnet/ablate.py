@@ -38,7 +38,7 @@ from segnet.children import (
     train_children,
     unfinished_commands,
 )
-from segnet.config import Config, load_config
+from segnet.config import Config, _read_yaml, load_config
 from segnet.errors import ConfigError, SegnetError
 
 ID_TAG = "segnet.ablation_id"  # the tag that names a child's ablation
@@ -66,7 +66,7 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
     f = Path(config_file) if config_file else paths.ABLATION_CONFIG
     if not f.exists():
         raise ConfigError(f"ablation file not found: {f}")
-    spec = yaml.safe_load(f.read_text()) or {}
+    spec = _read_yaml(f)  # a folder, broken YAML, a binary file or a list: one line naming the file
     unknown = set(spec) - ABLATION_KEYS
     if unknown:
         raise ConfigError(f"{f}: unknown key '{sorted(unknown)[0]}' (valid: {', '.join(sorted(ABLATION_KEYS))})")
@@ -80,7 +80,11 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
     if not isinstance(boot, int) or boot < 100:
         raise ConfigError(f"{f}: 'bootstrap' must be an integer >= 100; got {boot!r}")
     profile = spec.get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"{f}: 'profile' must be a path to a profile YAML; got {profile!r}")
     profile = (paths.ROOT / profile) if profile and not Path(profile).is_absolute() else profile
+    if not isinstance(spec.get("overrides") or [], list):
+        raise ConfigError(f"{f}: 'overrides' must be a list of key=value lines; got {spec['overrides']!r}")
     common = [str(o) for o in spec.get("overrides") or []] + list(overrides)
 
     children = []
@@ -136,26 +140,33 @@ def _yaml_scalar(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int = 1, resume: str | None = None):
-    from segnet import tracking
+def ablate(config_file=None, overrides=(), seeds: int | None = None, jobs: int = 1, resume: str | None = None,
+           backend: str = "local", address: str | None = None):
+    """`segnet ablate`: train the children not finished yet (``backend``: processes of this machine, ``jobs``
+    at once, or tasks of the Ray cluster at ``address``; ``segnet.cluster``), then summarize them."""
+    from segnet import cluster, tracking
 
     p = plan(config_file, overrides, seeds)
     register = _register_name(p)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.children[0].cfg)
-    parent, lock = _find_or_create_parent(uri, p, resume)
-    _announce(p, parent.run_id)
-
-    # A restarted ablation adds its time to the time the earlier invocations spent.
-    t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
+    runner = cluster.open_runner(backend, address, uri, jobs, p.children, "ablate")  # Ray joined, store checked
     try:
-        with tracking.run_guard(parent):
-            train_children(uri, p.experiment, parent.run_id, p.children, p.profile, jobs, id_tag=ID_TAG,
-                           who="ablate")
-            summary, wall = _conclude(uri, p, parent, t0, register)
+        parent, lock = _find_or_create_parent(uri, p, resume)
+        _announce(p, parent.run_id)
+
+        # A restarted ablation adds its time to the time the earlier invocations spent.
+        t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
+        try:
+            with tracking.run_guard(parent):
+                train_children(uri, p.experiment, parent.run_id, p.children, p.profile, jobs, id_tag=ID_TAG,
+                               who="ablate", runner=runner)
+                summary, wall = _conclude(uri, p, parent, t0, register)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        runner.close()
     print(summary_markdown(summary), flush=True)
     print(f"ablation_run_id: {parent.run_id}  (wall time {wall / 60:.1f} min)")
     exp_id = parent.info().info.experiment_id

@@ -10,6 +10,8 @@
   from its last epoch. Its output is printed line by line with its label, and a progress line follows
   each child that ends. Ctrl-C or SIGTERM stops the queue and sends SIGTERM to every running child (each
   ends its run KILLED); a SIGKILLed parent takes its children with it (``cli._follow_parent``).
+  ``train_children`` hands them to another runner when given one: ``segnet.cluster`` (``--backend ray``)
+  runs the same commands (``portable_argv``, ``environment_vars``) as tasks of a Ray cluster.
 * ``unfinished_commands`` / ``finished_so_far`` / ``held_parent``: the same children for a scheduler of
   one's own (Slurm arrays, Kubernetes Jobs). ``--plan`` prints each unfinished child's command as a
   self-contained shell line; ``--summarize`` builds the summary from the children finished so far,
@@ -199,12 +201,9 @@ def run_children(todo: list[Child], profile: Path | None, parent_id: str, jobs: 
             for cp in [cp for cp in running if cp.done()]:
                 running.remove(cp)
                 n_done += 1
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / n_done * (len(todo) - n_done)
                 status = "finished" if cp.proc.returncode == 0 else f"FAILED (exit {cp.proc.returncode})"
-                print(f"{who}: {cp.label} {status}; {n_done}/{len(todo)} done, "
-                      f"{len(running)} running, {len(queue)} pending, {elapsed / 60:.1f} min elapsed, "
-                      f"~{eta / 60:.1f} min left", flush=True)
+                print(progress_line(who, cp.label, status, n_done, len(todo), len(running), len(queue),
+                                    time.perf_counter() - t0), flush=True)
                 if cp.proc.returncode != 0:
                     failures.append(f"{cp.label}: {cp.last_line or 'no output'}")
     except KeyboardInterrupt:
@@ -212,6 +211,14 @@ def run_children(todo: list[Child], profile: Path | None, parent_id: str, jobs: 
         stop(running)
         raise
     return failures
+
+
+def progress_line(who: str, label: str, status: str, n_done: int, n_total: int, running: int, pending: int,
+                  elapsed: float) -> str:
+    """The line printed as a child ends (either backend): done / running / pending, elapsed, time left."""
+    eta = elapsed / n_done * (n_total - n_done)
+    return (f"{who}: {label} {status}; {n_done}/{n_total} done, {running} running, {pending} pending, "
+            f"{elapsed / 60:.1f} min elapsed, ~{eta / 60:.1f} min left")
 
 
 def stop(running: list[ChildProcess], grace: float = 60.0) -> None:
@@ -241,18 +248,26 @@ def end_orphans(uri: str, experiment: str, parent_id: str, id_tag: str, who: str
 
 
 def train_children(uri: str, experiment: str, parent_id: str, children: list[Child], profile: Path | None,
-                   jobs: int, id_tag: str = "segnet.ablation_id", who: str = "ablate") -> None:
-    """Train the children that have not finished yet (finished ones are kept); raise if any fails."""
+                   jobs: int, id_tag: str = "segnet.ablation_id", who: str = "ablate", runner=None) -> None:
+    """Train the children that have not finished yet (finished ones are kept); raise if any fails.
+
+    ``runner``: where they run (``segnet.cluster.open_runner``: a Ray cluster's ``run``); None: processes
+    of this machine, ``jobs`` at once (``run_children``). Once every child has ended, failed or stopped,
+    a child run still RUNNING has nobody left to end it (``end_orphans``)."""
     done = finished_children(uri, experiment, parent_id, id_tag)
     todo = [c for c in children if c.key not in done]
     if len(todo) < len(children):
         print(f"{who}: {len(children) - len(todo)} finished children kept, {len(todo)} to train", flush=True)
     try:
-        failures = run_children(todo, profile, parent_id, jobs, id_tag, who)
+        if runner is None:
+            failures = run_children(todo, profile, parent_id, jobs, id_tag, who)
+        else:
+            failures = runner.run(todo, profile, parent_id, id_tag, who)
     except KeyboardInterrupt:
         end_orphans(uri, experiment, parent_id, id_tag, who)
         raise
     if failures:
+        end_orphans(uri, experiment, parent_id, id_tag, who)
         raise SegnetError(f"{len(failures)} children failed: " + "; ".join(failures))
 
 
@@ -275,19 +290,30 @@ def unfinished_commands(uri: str, experiment: str, parent_id: str, children: lis
 
 
 def shell_command(c: Child, profile: Path | None, parent_id: str, id_tag: str) -> str:
-    """``child_command`` as a shell line that runs anywhere: ``python`` (the one segnet is installed in where
-    it runs, not this interpreter's path), the profile and the ``PATH_KEYS`` overrides made absolute."""
+    """``portable_argv`` as a shell line."""
+    return shlex.join(portable_argv(c, profile, parent_id, id_tag))
+
+
+def portable_argv(c: Child, profile: Path | None, parent_id: str, id_tag: str) -> list[str]:
+    """``child_command`` as it runs anywhere (a planned line, a Ray task): ``python`` (the one segnet is
+    installed in where it runs, not this interpreter's path), the profile and the ``PATH_KEYS`` overrides
+    made absolute."""
     argv = child_command(c, Path(profile).absolute() if profile else None, parent_id, 1, id_tag)
-    return shlex.join(["python", *map(_absolute_path_override, argv[1:])])
+    return ["python", *map(_absolute_path_override, argv[1:])]
 
 
 def environment(uri: str) -> str:
-    """What a planned command carries, as ``KEY=value`` words: ``MLFLOW_TRACKING_URI`` always (the parent's
-    store; the default one is a file of this checkout, which another machine's default is not), and the
-    ``CARRIED_ENV`` folders set here (a local child would inherit them); relative paths made absolute."""
+    """``environment_vars`` as ``KEY=value`` words in front of a planned command."""
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in environment_vars(uri).items())
+
+
+def environment_vars(uri: str) -> dict[str, str]:
+    """What a child run elsewhere carries: ``MLFLOW_TRACKING_URI`` always (the parent's store; the default
+    one is a file of this checkout, which another machine's default is not), and the ``CARRIED_ENV`` folders
+    set here (a local child would inherit them); relative paths made absolute."""
     env = {"MLFLOW_TRACKING_URI": _absolute_uri(uri)}
     env.update({k: str(Path(os.environ[k]).expanduser().absolute()) for k in CARRIED_ENV if os.environ.get(k)})
-    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return env
 
 
 def _absolute_uri(uri: str) -> str:

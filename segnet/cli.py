@@ -9,8 +9,9 @@
     python -m segnet predict (--run-id ID | --model models:/NAME@ALIAS) --images DIR --out submission.csv [--tta]
     python -m segnet register --run-id ID [--name segnet-tgs] [--alias champion]
     python -m segnet ablate [--config FILE] [--seeds N] [--jobs N] [--resume ID] [--plan] [key=value ...]
+    python -m segnet ablate ... --backend ray [--address auto|HOST:PORT|ray://HOST:10001]
     python -m segnet ablate --summarize ID [tracking.uri=URI]
-    python -m segnet cv [--config FILE] [--jobs N] [--resume ID] [--plan] [key=value ...]
+    python -m segnet cv [--config FILE] [--jobs N] [--resume ID] [--plan] [--backend local|ray] [key=value ...]
     python -m segnet cv --summarize ID [key=value ...]
     python -m segnet bench [--quick] [--levers] [--out FILE]
     python -m segnet ui [--host H] [--port P]
@@ -70,11 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the ablation file's)")
     ab.add_argument("--jobs", type=int, default=1, help="children trained in parallel")
     ab.add_argument("--resume", default=None, help="ablation_run_id to resume (default: same config hash)")
+    _backend(ab, "child")
     _other_scheduler(ab, "child")
     cv = with_config(sub.add_parser("cv", help="k-fold cross-validation: one child run per fold, the "
                                     "out-of-fold score, a fold ensemble; prints cv_run_id: <id>"))
     cv.add_argument("--jobs", type=int, default=1, help="folds trained in parallel")
     cv.add_argument("--resume", default=None, help="cv_run_id to resume (default: same config hash)")
+    _backend(cv, "fold")
     _other_scheduler(cv, "fold")
     rg = sub.add_parser("register", help="register a run's logged model in the MLflow model registry")
     rg.add_argument("--run-id", required=True)
@@ -95,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--verbose", action="store_true", help="show the MLflow server's own log (default: to a file)")
     return p
+
+
+def _backend(sp, child: str) -> None:
+    """``--backend`` and ``--address`` of `ablate` and `cv`: where their children run (``segnet.cluster``)."""
+    sp.add_argument("--backend", choices=("local", "ray"), default=None,
+                    help=f"local: each {child} a process of this machine, --jobs at once (default); ray: each "
+                    f"{child} a task of a Ray cluster asking cluster.cpus_per_child / cluster.gpus_per_child")
+    sp.add_argument("--address", default=None, metavar="ADDR", help="the Ray cluster to join (auto, HOST:PORT, "
+                    "ray://HOST:10001); default: $RAY_ADDRESS, else a Ray cluster started on this machine")
 
 
 def _other_scheduler(sp, child: str) -> None:
@@ -239,24 +251,28 @@ def _ablate(args) -> None:
     from segnet import ablate
 
     if args.summarize:
-        _summarize_alone(args, "config", "seeds", "resume", "plan")
+        _summarize_alone(args, "config", "seeds", "resume", "plan", "backend", "address")
         ablate.summarize_run(args.summarize, args.overrides)
     elif args.plan:
+        _plan_alone(args)
         _print_plan(ablate.plan_lines, args.config, args.overrides, seeds=args.seeds, resume=args.resume)
     else:
-        ablate.ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume)
+        ablate.ablate(args.config, args.overrides, seeds=args.seeds, jobs=args.jobs, resume=args.resume,
+                      backend=args.backend or "local", address=args.address)
 
 
 def _cv(args) -> None:
     from segnet import cv
 
     if args.summarize:
-        _summarize_alone(args, "config", "resume", "plan")
+        _summarize_alone(args, "config", "resume", "plan", "backend", "address")
         cv.summarize_run(args.summarize, args.overrides)
     elif args.plan:
+        _plan_alone(args)
         _print_plan(cv.plan_lines, args.config, args.overrides, resume=args.resume)
     else:
-        cv.cv(args.config, args.overrides, jobs=args.jobs, resume=args.resume)
+        cv.cv(args.config, args.overrides, jobs=args.jobs, resume=args.resume, backend=args.backend or "local",
+              address=args.address)
 
 
 def _summarize_alone(args, *options: str) -> None:
@@ -264,6 +280,13 @@ def _summarize_alone(args, *options: str) -> None:
     given = [f"--{o}" for o in options if getattr(args, o)]
     if given:
         raise SegnetError(f"--summarize ID reads everything from the parent run; drop {', '.join(given)}")
+
+
+def _plan_alone(args) -> None:
+    """``--plan`` prints the commands for a scheduler of one's own: none of segnet's runs them."""
+    given = [f"--{o}" for o in ("backend", "address") if getattr(args, o)]
+    if given:
+        raise SegnetError(f"--plan trains nothing (its commands are for a scheduler of your own); drop {', '.join(given)}")
 
 
 def _print_plan(plan_lines, *args, **kwargs) -> None:

@@ -104,6 +104,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """What each child of an ablation or a cv asks of a Ray cluster (``--backend ray``): Ray's resources."""
+
+    cpus_per_child: float = 1.0
+    gpus_per_child: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -111,6 +119,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,7 +135,7 @@ class Config:
         """Short hash of the resolved config, minus the keys that do not change the result."""
         d = self.flat()
         for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model", "tracking.register",
-                  "tracking.system_metrics"):
+                  "tracking.system_metrics", "cluster.cpus_per_child", "cluster.gpus_per_child"):
             d.pop(k, None)
         for k, default in _ADDED_KEYS.items():  # at their default, newer keys keep older configs' hashes
             if d.get(k) == default:
@@ -187,6 +196,8 @@ _RANGES = {
     "train.seed": (0, 2**32 - 1),  # what numpy's legacy seeding accepts
     "train.threads": (0, 1024),
     "eval.overlays": (0, 100),
+    "cluster.cpus_per_child": (0.0, None),
+    "cluster.gpus_per_child": (0.0, None),
 }
 
 
@@ -333,6 +344,10 @@ def _from_dict(d: dict) -> Config:
             f"config key 'train.min_lr' ({cfg.train.min_lr:g}) must be <= train.lr ({cfg.train.lr:g}): "
             "it is the floor the schedule decays to"
         )
+    for key in ("cluster.cpus_per_child", "cluster.gpus_per_child"):
+        value = getattr(cfg.cluster, key.split(".")[1])
+        if value > 1 and value != int(value):  # Ray schedules a fraction of one CPU or GPU, else whole ones
+            raise ConfigError(f"config key '{key}' must be a fraction up to 1 or a whole number; got {value:g}")
     if cfg.data.fold >= cfg.data.n_folds:
         raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
     if cfg.train.cycles > 1 and cfg.train.schedule != "sgdr":

@@ -56,6 +56,7 @@ def plan(config_file: str | Path | None = None, overrides=()) -> CVPlan:
     """Resolve (and so validate) every fold's config before any work."""
     overrides = [str(o) for o in overrides]
     base = load_config(config_file, overrides)
+    _check_register(base)
     children = []
     for k in range(base.data.n_folds):
         over = [*overrides, f"data.fold={k}"]
@@ -78,27 +79,33 @@ def _parent_spec(p: CVPlan) -> ParentSpec:
                       resume_hint="resume it with the same --config and overrides", who="cv")
 
 
-def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None) -> tuple[str, dict]:
-    """`segnet cv`: train the folds (those not finished yet), then score them out of fold on the parent.
-    Returns the parent's run id and its metrics."""
-    from segnet import tracking
+def cv(config_file=None, overrides=(), jobs: int = 1, resume: str | None = None, backend: str = "local",
+       address: str | None = None) -> tuple[str, dict]:
+    """`segnet cv`: train the folds (those not finished yet; ``backend``: processes of this machine, ``jobs``
+    at once, or tasks of the Ray cluster at ``address``; ``segnet.cluster``), then score them out of fold on
+    the parent. Returns the parent's run id and its metrics."""
+    from segnet import cluster, tracking
 
     p = plan(config_file, overrides)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1; got {jobs}")
     uri = tracking.tracking_uri(p.base)
-    parent, lock = find_or_create_parent(uri, _parent_spec(p), resume)
-    _announce(p, parent.run_id)
-
-    # A restarted cv adds its time to the time the earlier invocations spent.
-    t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
+    runner = cluster.open_runner(backend, address, uri, jobs, p.children, "cv")  # Ray joined, store checked
     try:
-        with tracking.run_guard(parent):
-            train_children(uri, p.base.tracking.experiment, parent.run_id, p.children, p.profile, jobs,
-                           id_tag=ID_TAG, who="cv")
-            oof = _conclude(uri, p, parent, t0)
+        parent, lock = find_or_create_parent(uri, _parent_spec(p), resume)
+        _announce(p, parent.run_id)
+
+        # A restarted cv adds its time to the time the earlier invocations spent.
+        t0 = time.perf_counter() - parent.info().data.metrics.get("wall_time_s", 0.0)
+        try:
+            with tracking.run_guard(parent):
+                train_children(uri, p.base.tracking.experiment, parent.run_id, p.children, p.profile, jobs,
+                               id_tag=ID_TAG, who="cv", runner=runner)
+                oof = _conclude(uri, p, parent, t0)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        runner.close()
     print(report(oof), flush=True)
     print(f"cv_run_id: {parent.run_id}  (wall time {oof.metrics['wall_time_s'] / 60:.1f} min)")
     print(f"predict with the fold ensemble: python -m segnet predict --run-id {parent.run_id} --images <dir>")
@@ -135,6 +142,7 @@ def summarize_run(run_id: str, overrides=()) -> dict:
     uri = store_uri(overrides)
     info = parent_run(uri, run_id, "cv")
     cfg = run_config(run_id, overrides)[2]
+    _check_register(cfg)
     folds = [_fold_child(cfg.replace([f"data.fold={k}"]), [f"data.fold={k}"], k) for k in range(cfg.data.n_folds)]
     p = CVPlan(cfg, folds, info.data.tags.get("segnet.cv_hash", ""), None)
     missing, span = finished_so_far(uri, info, cfg.tracking.experiment, {c.key: c.label for c in folds}, ID_TAG)
@@ -158,7 +166,27 @@ def _conclude(uri: str, p: CVPlan, parent, t0: float) -> OutOfFold:
     _log(parent, oof)
     if p.base.tracking.log_model:
         _log_ensemble(uri, parent, oof, p.base)
+    if p.base.tracking.register:
+        _register_ensemble(parent, p.base.tracking.register)
     return oof
+
+
+def _check_register(cfg: Config) -> None:
+    """``tracking.register`` needs the fold ensemble logged as the parent's model: checked before any work."""
+    if cfg.tracking.register and not cfg.tracking.log_model:
+        raise ConfigError(f"tracking.register={cfg.tracking.register} needs tracking.log_model=true "
+                          "(nothing to register)")
+
+
+def _register_ensemble(parent, name: str):
+    """``tracking.register``: the parent's fold ensemble as a version of ``name`` with alias champion, tagged
+    (``tracking.registry_tags``) with the variant, the out-of-fold scores and the data fingerprint; the parent
+    is tagged with it. Registering the same cv again (a restart) keeps its version."""
+    from segnet import runs, tracking
+
+    mv = runs.register(parent.run_id, name, tracking.DEFAULT_ALIAS, uri=parent.uri)
+    parent.set_tags({"segnet.registered_model": f"{name}/{mv.version}", "segnet.registered_run_id": parent.run_id})
+    return mv
 
 
 @dataclass

@@ -88,6 +88,7 @@ def prepare_store(uri: str) -> None:
     db = _sqlite_path(uri)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+        _probe(uri)  # it answers, but as an MLflow server? (another service on that port, a proxy refusing us)
         return
     if db is not None:
         if db.is_dir():
@@ -119,7 +120,8 @@ def _probe(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # an unusable store raises whatever its driver raises
-        raise SegnetError(f"tracking store {uri} cannot be used: {_first_line(e)}") from None
+        why = _first_line(e).split(" Response body:")[0]  # a web page's HTML is no part of one line
+        raise SegnetError(f"tracking store {uri} cannot be used: {why}") from None
 
 
 def _check_server(uri: str, attempts: int = 3, timeout: float = 3.0) -> None:
@@ -351,6 +353,9 @@ def find_runs(uri: str, experiment: str, filter_string: str, max_results: int = 
 
 
 def get_run(uri: str, run_id: str):
+    db = _sqlite_path(uri)
+    if db is not None and not db.exists():  # a mistyped store path: say so, and do not create an empty store
+        raise SegnetError(f"run '{run_id}' not found: the tracking store {uri} does not exist (no file {db})")
     try:
         return client(uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:
@@ -685,16 +690,21 @@ def _link_logged_model(c: MlflowClient, model_id: str, name: str, version) -> No
 
     with contextlib.suppress(mlflow.exceptions.MlflowException, ValueError):
         known = json.loads(c.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        if any(k.get("name") == name and str(k.get("version")) == str(version) for k in known):
+            return  # MLflow 3.17's create_model_version(model_id=...) links it already: listed once
         c.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
             [*known, {"name": name, "version": version}])})
 
 
 def registry_tags(info) -> dict[str, Any]:
-    """Version tags from a finished training run: what it is, how good, and on which data."""
+    """Version tags from a finished training run (or cv parent: its out-of-fold scores): what it is, how
+    good, and on which data."""
     tags, metrics = info.data.tags, info.data.metrics
     out = {k: tags[k] for k in ("segnet.variant", "segnet.decoder", "segnet.dataset", "segnet.data_fingerprint",
-                                "segnet.config_hash", "segnet.seed", "segnet.ablation_id") if k in tags}
-    for m in ("best_val_tgs_map", "val_tgs_map_tuned", "best_val_iou", "best_threshold"):
+                                "segnet.config_hash", "segnet.seed", "segnet.ablation_id", "segnet.role",
+                                "segnet.cv_id") if k in tags}
+    for m in ("best_val_tgs_map", "val_tgs_map_tuned", "best_val_iou", "best_threshold",
+              "oof_tgs_map", "oof_iou", "oof_threshold", "fold_tgs_map_mean", "fold_tgs_map_std"):
         if m in metrics:
             out[f"segnet.{m}"] = f"{metrics[m]:.4f}"
     return out

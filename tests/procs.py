@@ -159,6 +159,44 @@ def rest_post(base: str, path: str, payload: dict) -> dict:
 
 
 @contextlib.contextmanager
+def ray_head(cpus: int = 2, timeout: float = 120) -> Iterator[str]:
+    """A real Ray cluster of one node on this machine (`ray start --head --block`, ``cpus`` CPUs, no GPU, no
+    dashboard, free ports, its own temp folder), in its own session; yields its address (``127.0.0.1:PORT``)
+    and stops the whole process group (GCS, raylet, workers) afterwards. A driver joining it needs
+    ``RAY_AUTH_MODE=token`` (the head made the token in ~/.ray)."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = free_port()
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             "--port", str(port), "--num-cpus", str(cpus), "--num-gpus", "0",
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", tmp,
+                             "--ray-client-server-port", ports[0], "--dashboard-port", ports[1],
+                             "--dashboard-agent-listen-port", ports[2]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not list(Path(tmp).glob("session_*/logs/raylet.out")):
+            assert proc.poll() is None, "ray start exited"
+            assert time.time() < deadline, f"the Ray head did not start in {timeout:.0f} s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # `ray start` stops its processes slowly; nothing of it is kept
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def mlflow_server(backend_uri: str, *extra: str, cwd: Path | None = None, timeout: float = 120) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, in its own session; yields its base URL and stops
     the whole process group (uvicorn workers, job runner, huey consumers) afterwards."""
