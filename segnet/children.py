@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segnet.config import Config
-from segnet.errors import SegnetError
+from segnet.errors import ConfigError, SegnetError
 
 
 @dataclass
@@ -52,6 +52,10 @@ class Child:
             self.fold = self.cfg.data.fold
         if not self.label:
             self.label = f"{self.variant} s{self.seed}"
+        if self.cfg.train.strategy == "multi_worker":  # refused while planning, before any run or process
+            raise ConfigError(f"{self.label}: train.strategy=multi_worker trains one model on several machines "
+                              f"(TF_CONFIG); an ablation's or a cv's children each train on one, so use another "
+                              f"strategy and spread the children with --backend ray")
 
     @property
     def key(self) -> tuple[str, int, int]:

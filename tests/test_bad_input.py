@@ -392,6 +392,10 @@ CASES = [
     Case("ablate_overrides_not_a_list", ["ablate", "--config", "{tmp}/ablation.yaml"],
          ["{tmp}/ablation.yaml", "'overrides'"],
          setup=ablation_file("overrides: 5\nvariants:\n  a:\n    model.decoder: transposed\n")),
+    Case("ablate_child_multi_worker", ["ablate", "--config", "{tmp}/ablation.yaml", "train.strategy=multi_worker"],
+         ["train.strategy=multi_worker", "--backend ray"],
+         setup=ablation_file("variants:\n  a:\n    model.decoder: transposed\n")),
+    Case("cv_multi_worker", ["cv", "train.strategy=multi_worker"], ["train.strategy=multi_worker", "fold 0"]),
 ]
 
 _LEFTOVERS = (".*.tmp-*", ".*.old-*", ".*.download-*", "*.tmp")  # a writer's temporary files
