@@ -98,6 +98,8 @@ def unreachable_store(uri: str) -> str | None:
     if parsed.scheme in ("", "file", "sqlite"):
         return "a file on this machine"
     host = parsed.hostname or ""
+    if not host:  # e.g. postgresql://u@/db?host=/var/run/postgresql: a socket or the default, this machine
+        return "a database on this machine (no host in the URI)"
     with contextlib.suppress(ValueError):
         if ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified:
             return f"served on this machine's loopback address ({host})"
@@ -139,41 +141,60 @@ class Lines:
         return items
 
 
-def train_child(index: int, argv: list[str], env: dict, lines, cpus: float) -> int:
+def train_child(index: int, argv: list[str], env: dict, lines, cpus: float, gpus: float = 0.0) -> int:
     """A Ray task: the child's `segnet train` command (``argv[0]`` is ``python``: this worker's interpreter
     runs it) as a subprocess that ends with this worker (``SEGNET_PARENT_PID``), its output sent line by
-    line to ``lines``. Cancelled (``ray.cancel``: a KeyboardInterrupt here), it sends the child SIGTERM and
-    waits ``GRACE_S`` for it to end its run KILLED. Returns the child's exit code."""
+    line to ``lines``. Cancelled (``ray.cancel``: a KeyboardInterrupt here) or stopped in any other way (the
+    worker's SIGTERM is a SystemExit), it sends the child SIGTERM and waits ``GRACE_S`` for it to end its
+    run KILLED. Returns the child's exit code."""
     import ray
 
     env = {**os.environ, **env, "SEGNET_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     if cpus >= 1:  # TensorFlow's threads follow the CPUs the task holds (the command, and its hash, stay the plan's)
         env.setdefault("TF_NUM_INTRAOP_THREADS", str(int(cpus)))
+    if gpus == 0:  # Ray (2.40+) no longer hides the GPUs from a task that asks for none: a CPU child sees none
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif gpus < 1:  # children sharing a GPU: none may take all of its memory at start
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     lines.put.remote(index, "start", ray.util.get_node_ip_address())
-    proc = subprocess.Popen([sys.executable, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, env=env)
-
-    def read() -> None:
-        for line in proc.stdout:
-            if line.strip():
-                lines.put.remote(index, "line", line.rstrip())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc = reader = None
     try:
+        proc = subprocess.Popen([sys.executable, *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, env=env)
+        reader = threading.Thread(target=_send_lines, args=(proc, lines, index), daemon=True)
+        reader.start()
         while proc.poll() is None:  # polled, so that a cancel's KeyboardInterrupt lands within 0.2 s
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=5)
+    except KeyboardInterrupt:  # ray.cancel: the child ends its run KILLED, the task reports its exit code
+        if proc is None:
+            raise
+        _stop_child(proc)
+    except BaseException:  # anything else (the worker stopping): the child must not outlive the task
+        _stop_child(proc)
+        raise
+    if reader is not None:
+        reader.join(timeout=5)
     lines.put.remote(index, "end", proc.returncode)
     return proc.returncode
+
+
+def _send_lines(proc: subprocess.Popen, lines, index: int) -> None:
+    for line in proc.stdout:
+        if line.strip():
+            lines.put.remote(index, "line", line.rstrip())
+
+
+def _stop_child(proc: subprocess.Popen | None) -> None:
+    """SIGTERM to a task's child, ``GRACE_S`` to end its run KILLED, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -250,25 +271,26 @@ class RayRunner:
         if not todo:
             return []
         env = environment_vars(self.uri)  # the store, the runs folder, $TGS_DATA: as a planned command carries them
-        lines = ray.remote(num_cpus=0)(Lines).remote()
+        lines = ray.remote(num_cpus=0)(Lines).options(**self._on_this_node()).remote()
         task = ray.remote(train_child)
         refs = {}
-        for i, c in enumerate(todo):
-            opts = {"num_cpus": c.cfg.cluster.cpus_per_child, "num_gpus": c.cfg.cluster.gpus_per_child,
-                    "max_retries": 0, "name": f"segnet {c.label}"}
-            refs[task.options(**opts).remote(i, portable_argv(c, profile, parent_id, id_tag), env, lines,
-                                             c.cfg.cluster.cpus_per_child)] = i
-        total = ray.cluster_resources()
-        print(f"{who}: {len(todo)} children sent to the Ray cluster ({total.get('CPU', 0):g} CPUs, "
-              f"{total.get('GPU', 0):g} GPUs in all)", flush=True)
         state = _Progress(todo, who)
         try:
+            for i, c in enumerate(todo):
+                opts = {"num_cpus": c.cfg.cluster.cpus_per_child, "num_gpus": c.cfg.cluster.gpus_per_child,
+                        "max_retries": 0, "name": f"segnet {c.label}"}
+                refs[task.options(**opts).remote(i, portable_argv(c, profile, parent_id, id_tag), env, lines,
+                                                 c.cfg.cluster.cpus_per_child,
+                                                 c.cfg.cluster.gpus_per_child)] = i
+            total = ray.cluster_resources()
+            print(f"{who}: {len(todo)} children sent to the Ray cluster ({total.get('CPU', 0):g} CPUs, "
+                  f"{total.get('GPU', 0):g} GPUs in all)", flush=True)
             while refs:
                 state.show(ray.get(lines.drain.remote()))
                 ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.5)
                 for ref in ready:
                     state.ended(refs.pop(ref), *self._outcome(ref), lines)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or the cluster failing under the driver: cancel what is left
             running = [i for i in refs.values() if i in state.started]
             print(f"{who}: stopping {len(running)} running children ({len(refs) - len(running)} not started)",
                   flush=True)
@@ -286,8 +308,20 @@ class RayRunner:
             raise
         finally:
             with contextlib.suppress(Exception):
+                state.show(ray.get(lines.drain.remote()))  # the last lines of the last child to end
+            with contextlib.suppress(Exception):
                 ray.kill(lines)
         return state.failures
+
+    def _on_this_node(self) -> dict:
+        """The output actor's placement: the driver's node, so that losing a worker node loses no output
+        channel (not under Ray Client, whose driver is not a node of the cluster)."""
+        if (self.address or "").startswith("ray://"):
+            return {}
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.ray.get_runtime_context().get_node_id(),
+                                                                       soft=False)}
 
     def _outcome(self, ref) -> tuple[int | None, str]:
         """The exit code of a task's child (None: the task itself failed) and, then, why."""

@@ -348,6 +348,9 @@ def _from_dict(d: dict) -> Config:
         value = getattr(cfg.cluster, key.split(".")[1])
         if value > 1 and value != int(value):  # Ray schedules a fraction of one CPU or GPU, else whole ones
             raise ConfigError(f"config key '{key}' must be a fraction up to 1 or a whole number; got {value:g}")
+    if cfg.cluster.cpus_per_child == 0 and cfg.cluster.gpus_per_child == 0:  # Ray would start every child at once
+        raise ConfigError("config key 'cluster.cpus_per_child' is 0 with cluster.gpus_per_child 0: a child that asks "
+                          "for nothing is not paced by Ray (every child would start at once); ask for CPUs or GPUs")
     if cfg.data.fold >= cfg.data.n_folds:
         raise ConfigError(f"config key 'data.fold' must be < data.n_folds ({cfg.data.n_folds}); got {cfg.data.fold}")
     if cfg.train.cycles > 1 and cfg.train.schedule != "sgdr":

@@ -136,6 +136,13 @@ class _Output:
         return rc, "".join(self.lines), time.time() - t0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _training_process(pid: int) -> int:
     """The `segnet train` process among the descendants of ``pid`` (its parent is the Ray worker)."""
     for p in children_of(pid):
@@ -163,7 +170,7 @@ def test_dead_worker_and_stop_end_the_child_killed_and_the_rerun_resumes_it(tiny
     """1. The child's Ray worker is SIGKILLed mid-training: exit 2 naming the child, its run KILLED.
     2. The rerun resumes that run; SIGTERM to the parent cancels the task: exit 143 soon, the run KILLED.
     3. The rerun resumes the same run to FINISHED: one child run in all."""
-    f = _ablation_file(tmp_path, tiny_synth, {"transposed_k3": VARIANTS["transposed_k3"]}, epochs=3)
+    f = _ablation_file(tmp_path, tiny_synth, {"transposed_k3": VARIANTS["transposed_k3"]}, epochs=5)
     argv, env = ["ablate", "--config", str(f), "--backend", "ray"], _env(tmp_path, server)
     client = MlflowClient(server)
 
@@ -181,14 +188,20 @@ def test_dead_worker_and_stop_end_the_child_killed_and_the_rerun_resumes_it(tiny
     assert client.get_run(child_id).info.status == "KILLED"
 
     second = _Output(spawn(argv, tmp_path, env=env))
-    second.wait_for(rf"^\[transposed_k3 s42\] resume: run {child_id} from epoch 2 of 3")
+    second.wait_for(rf"^\[transposed_k3 s42\] resume: run {child_id} from epoch 2 of 5")
     second.proc.send_signal(signal.SIGTERM)
+    started = children_of(second.proc.pid)  # the local Ray cluster (gcs, raylet, workers), the child: all stopping
+    assert len(started) >= 3, started
     rc, out, took = second.end()
     assert rc == 128 + signal.SIGTERM and took < 90, (took, out[-3000:])
     assert "ablate: stopping 1 running children (0 not started)" in out
     assert client.get_run(child_id).info.status == "KILLED"
     parent = re.search(r"^ablation_run_id: ([0-9a-f]{32})", out, re.M).group(1)
-    assert not _processes_naming(parent)  # no child, worker or Ray process outlives the parent
+    assert not _processes_naming(parent)  # no process names the stopped ablation any more
+    deadline = time.monotonic() + 20  # ray.shutdown reaps its cluster's processes within seconds
+    while (left := [p for p in started if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]  # nor any Ray process it started
 
     third = _ok(run(argv, tmp_path, env=env))
     assert f"[transposed_k3 s42] resume: run {child_id} from epoch" in third
@@ -206,6 +219,7 @@ def test_dead_worker_and_stop_end_the_child_killed_and_the_rerun_resumes_it(tiny
     ("http://127.0.0.1:5000", "ray://head:10001", ["10.1.2.3"], "loopback address (127.0.0.1)"),
     ("http://localhost:5000", "ray://head:10001", ["10.1.2.3"], "loopback address (localhost)"),
     ("postgresql://u:p@[::1]:5432/mlflow", "ray://head:10001", ["10.1.2.3"], "loopback address (::1)"),
+    ("postgresql://u@/mlflow?host=/var/run/postgresql", "auto", ["10.1.2.3"], "no host in the URI"),
     ("http://tracking.internal:5000", "ray://head:10001", ["10.1.2.3"], None),  # a host they can reach
     ("sqlite:///mlflow.db", None, ["10.1.2.3"], None),  # a cluster Ray starts here: this machine's files
     ("sqlite:///mlflow.db", "auto", ["127.0.0.1"], None),  # every node is this machine
@@ -269,11 +283,13 @@ def test_cluster_keys_default_validate_and_leave_the_child_unchanged(tiny_synth,
     cfg = load_config()
     assert (cfg.cluster.cpus_per_child, cfg.cluster.gpus_per_child) == (1.0, 0.0)
     assert load_config(None, ["cluster.cpus_per_child=0.5", "cluster.gpus_per_child=2"]).cluster.gpus_per_child == 2
+    assert load_config(None, ["cluster.cpus_per_child=0", "cluster.gpus_per_child=1"]).cluster.cpus_per_child == 0
     for override, msg in [("cluster.cpus_per_child=-1", "config key 'cluster.cpus_per_child' must be >= 0"),
                           ("cluster.gpus_per_child=.inf", "config key 'cluster.gpus_per_child' must be a finite number"),
                           ("cluster.gpus_per_child=nan", "config key 'cluster.gpus_per_child' must be a finite number"),
                           ("cluster.cpus_per_child=two", "config key 'cluster.cpus_per_child' must be a number"),
                           ("cluster.cpus_per_child=1.5", "'cluster.cpus_per_child' must be a fraction up to 1 or a whole"),
+                          ("cluster.cpus_per_child=0", "a child that asks for nothing is not paced by Ray"),
                           ("cluster.cpu=1", "unknown config key 'cluster.cpu'")]:
         with pytest.raises(ConfigError, match=re.escape(msg)):
             load_config(None, [override])
