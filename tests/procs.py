@@ -220,3 +220,16 @@ def mlflow_server(backend_uri: str, *extra: str, cwd: Path | None = None, timeou
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def ok(out: subprocess.CompletedProcess) -> str:
+    """A command that must succeed: its stdout (else the tails of its output in the failure)."""
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def one_error(out: subprocess.CompletedProcess) -> str:
+    """A user's error: exit 2 and exactly one `segnet: error:` line on stderr (TensorFlow's start-up noise aside)."""
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("segnet: error:")]
+    assert out.returncode == 2 and len(lines) == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    return lines[0]

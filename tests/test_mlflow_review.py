@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import mlflow_server, rest_get, rest_post, run, segnet_env, tiny_overrides
+from tests.procs import mlflow_server, ok, one_error, rest_get, rest_post, run, segnet_env, tiny_overrides
 
 MODEL = "segnet-test"
 
@@ -41,22 +41,10 @@ def _segnet(args: list[str], work: Path, base: str, timeout: float = 600) -> sub
     return run(args, work, env=_env(work, base), timeout=timeout)
 
 
-def _ok(p: subprocess.CompletedProcess) -> str:
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p.stdout
-
-
-def _error(p: subprocess.CompletedProcess) -> str:
-    """A user's error: exit 2 and one line on stderr (TensorFlow's start-up noise aside)."""
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("segnet: error:")]
-    assert p.returncode == 2 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def trained(server, work, tiny_synth) -> dict:
     """The one training run of the module, with a logged model; returns its REST ``run`` object."""
-    out = _ok(_segnet(["train", *tiny_overrides(tiny_synth), "tracking.log_model=true"], work, server))
+    out = ok(_segnet(["train", *tiny_overrides(tiny_synth), "tracking.log_model=true"], work, server))
     run_id = re.search(r"run_id: (\w+)", out).group(1)
     return rest_get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]
 
@@ -65,9 +53,9 @@ def trained(server, work, tiny_synth) -> dict:
 def registered(server, work, trained) -> dict:
     """`segnet register` of the training run, twice (the second keeps the version); the alias's version."""
     run_id = trained["info"]["run_id"]
-    out = _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL, "--alias", "champion"], work, server))
+    out = ok(_segnet(["register", "--run-id", run_id, "--name", MODEL, "--alias", "champion"], work, server))
     assert f"models:/{MODEL}@champion" in out
-    _ok(_segnet(["register", "--run-id", run_id, "--name", MODEL], work, server))
+    ok(_segnet(["register", "--run-id", run_id, "--name", MODEL], work, server))
     return rest_get(server, "/api/2.0/mlflow/registered-models/alias", name=MODEL, alias="champion")["model_version"]
 
 
@@ -140,9 +128,9 @@ def test_register_gives_a_version_with_alias_and_tags(server, trained, registere
 def test_predict_by_model_alias_writes_the_same_submission(server, work, trained, registered, tiny_synth):
     images = str(tiny_synth / "test" / "images")
     by_run, by_model = work / "by_run.csv", work / "by_model.csv"
-    _ok(_segnet(["predict", "--run-id", trained["info"]["run_id"], "--images", images, "--out", str(by_run)],
+    ok(_segnet(["predict", "--run-id", trained["info"]["run_id"], "--images", images, "--out", str(by_run)],
                 work, server))
-    out = _ok(_segnet(["predict", "--model", f"models:/{MODEL}@champion", "--images", images,
+    out = ok(_segnet(["predict", "--model", f"models:/{MODEL}@champion", "--images", images,
                        "--out", str(by_model)], work, server))
     assert f"is run {trained['info']['run_id']}" in out
     assert by_model.read_text() == by_run.read_text() and len(by_run.read_text().splitlines()) == 5
@@ -152,7 +140,7 @@ def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trai
     from segnet.data.synthetic import generate
 
     other = generate(work / "other" / "synthetic", n=24, seed=7, progress=False)
-    _ok(_segnet(["evaluate", "--model", f"models:/{MODEL}@champion", f"data.dir={other}"], work, server))
+    ok(_segnet(["evaluate", "--model", f"models:/{MODEL}@champion", f"data.dir={other}"], work, server))
     run = rest_get(server, "/api/2.0/mlflow/runs/get", run_id=trained["info"]["run_id"])["run"]
     inputs = _inputs(run)
     assert set(inputs) == {"training", "validation", "evaluation"}
@@ -165,14 +153,14 @@ def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trai
 def test_register_and_model_errors_are_one_line(server, work, trained, registered):
     exp_id = trained["info"]["experiment_id"]
     bare = rest_post(server, "/api/2.0/mlflow/runs/create", {"experiment_id": exp_id})["run"]["info"]["run_id"]
-    assert "no logged model" in _error(_segnet(["register", "--run-id", bare, "--name", MODEL], work, server))
-    assert "not found" in _error(_segnet(["register", "--run-id", "0" * 32], work, server))
+    assert "no logged model" in one_error(_segnet(["register", "--run-id", bare, "--name", MODEL], work, server))
+    assert "not found" in one_error(_segnet(["register", "--run-id", "0" * 32], work, server))
     images = str(work)
-    assert "no alias 'nope'" in _error(_segnet(["predict", "--model", f"models:/{MODEL}@nope", "--images", images],
+    assert "no alias 'nope'" in one_error(_segnet(["predict", "--model", f"models:/{MODEL}@nope", "--images", images],
                                                work, server))
-    assert "no registered model 'nope'" in _error(_segnet(["evaluate", "--model", "models:/nope@champion"],
+    assert "no registered model 'nope'" in one_error(_segnet(["evaluate", "--model", "models:/nope@champion"],
                                                           work, server))
-    assert "exactly one of" in _error(_segnet(["predict", "--images", images], work, server))
+    assert "exactly one of" in one_error(_segnet(["predict", "--images", images], work, server))
 
 
 def test_ablation_registers_its_best_variants_best_seed(server, trained, monkeypatch, tmp_path):

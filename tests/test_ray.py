@@ -34,6 +34,8 @@ from segnet.errors import ConfigError, SegnetError
 from .procs import (
     children_of,
     mlflow_server,
+    ok,
+    one_error,
     ray_head,
     run,
     segnet_env,
@@ -66,17 +68,6 @@ def _ablation_file(work: Path, data: Path, variants: dict, epochs: int) -> Path:
     return f
 
 
-def _ok(out: subprocess.CompletedProcess) -> str:
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
-    return out.stdout
-
-
-def _error(out: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("segnet: error:")]
-    assert out.returncode == 2 and len(lines) == 1, out.stdout[-3000:] + out.stderr[-3000:]
-    return lines[0]
-
-
 def _children(client: MlflowClient, parent: str) -> list:
     exp = client.get_run(parent).info.experiment_id
     return client.search_runs([exp], f"tags.`segnet.ablation_id` = '{parent}'")
@@ -91,7 +82,7 @@ def test_ray_ablation_ends_like_the_local_one(tiny_synth, server, tmp_path):
 
     f = _ablation_file(tmp_path, tiny_synth, VARIANTS, epochs=1)
     with ray_head(cpus=2) as address:
-        out = _ok(run(["ablate", "--config", str(f), "--backend", "ray", "--address", address], tmp_path,
+        out = ok(run(["ablate", "--config", str(f), "--backend", "ray", "--address", address], tmp_path,
                       env=_env(tmp_path, server)))
     parent = re.search(r"^ablation_run_id: ([0-9a-f]{32})", out, re.M).group(1)
     assert "ablate: 2 children sent to the Ray cluster (2 CPUs, 0 GPUs in all)" in out
@@ -203,7 +194,7 @@ def test_dead_worker_and_stop_end_the_child_killed_and_the_rerun_resumes_it(tiny
         time.sleep(0.5)
     assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]  # nor any Ray process it started
 
-    third = _ok(run(argv, tmp_path, env=env))
+    third = ok(run(argv, tmp_path, env=env))
     assert f"[transposed_k3 s42] resume: run {child_id} from epoch" in third
     assert re.search(rf"^ablation_run_id: {parent}", third, re.M)
     kids = _children(client, parent)
@@ -264,7 +255,7 @@ def test_child_no_node_can_hold_is_refused_before_any_run(tiny_synth, tmp_path):
     out = run(["ablate", "--config", str(f), "--backend", "ray", "cluster.cpus_per_child=1024"], tmp_path)
     assert re.fullmatch(r"segnet: error: transposed_k3 s42 asks cluster\.cpus_per_child=1024, "
                         r"cluster\.gpus_per_child=0, more than any node of the Ray cluster has \([0-9.]+: "
-                        r"\d+ CPUs, \d+ GPUs\)", _error(out)), out.stderr[-2000:]
+                        r"\d+ CPUs, \d+ GPUs\)", one_error(out)), out.stderr[-2000:]
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -274,7 +265,7 @@ def test_without_ray_installed_one_line_says_how(tiny_synth, tmp_path):
             f"sys.exit(main(['ablate', '--config', {str(f)!r}, '--backend', 'ray']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=segnet_env(tmp_path),
                          timeout=300)
-    assert _error(out) == "segnet: error: the ray backend needs Ray: pip install 'segnet[ray]'"
+    assert one_error(out) == "segnet: error: the ray backend needs Ray: pip install 'segnet[ray]'"
     assert not (tmp_path / "mlflow.db").exists()
 
 
