@@ -40,6 +40,7 @@ from segnet.children import (
 )
 from segnet.config import Config, _read_yaml, load_config
 from segnet.errors import ConfigError, SegnetError
+from segnet.metrics.segmentation import GAP_PARTS
 
 ID_TAG = "segnet.ablation_id"  # the tag that names a child's ablation
 ABLATION_KEYS = {"profile", "seeds", "folds", "bootstrap", "overrides", "variants"}
@@ -293,6 +294,7 @@ SUMMARY_METRICS = {
     "artifact_const_response": "artifact_const_response",
     "artifact_const_response_init": "artifact_const_response_init",
     "artifact_overlap_unevenness": "artifact_overlap_unevenness", "params": "params_count",
+    **{k: f"val_{k}" for k in GAP_PARTS},  # where the final score is lost (segmentation.score_gaps)
 }
 
 
@@ -436,7 +438,7 @@ def summary_markdown(df: pd.DataFrame) -> str:
     from segnet import stats
 
     cols = ["variant", "replicates", "tgs_map", "val_iou", "final", "final - ref [95% CI]", "covers", "p_best",
-            "periodic", "excess", "const", "const@init", "uneven", "params", "img/s", "epoch s"]
+            "lost fp/fn/s/m/l", "periodic", "excess", "const", "const@init", "uneven", "params", "img/s", "epoch s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i, (_, r) in enumerate(df.iterrows()):
         lines.append("| " + " | ".join([
@@ -444,7 +446,7 @@ def summary_markdown(df: pd.DataFrame) -> str:
             f"{r.val_iou_mean:.4f} ± {r.val_iou_std:.4f}", f"{r.final_mean:.4f} ± {r.final_std:.4f}",
             "reference" if i == 0 else f"{r.diff_mean:+.4f} [{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]" + (
                 (" **" if r.interval == "images+training" else " *") if r.significant else ""),
-            r.interval, f"{r.p_best:.2f}",
+            r.interval, f"{r.p_best:.2f}", "/".join(f"{r[f'{k}_mean']:.3f}" for k in GAP_PARTS),
             f"{r.artifact_periodic_energy_mean:.4f}",
             f"{r.artifact_excess_mean:.2f}", f"{r.artifact_const_response_mean:.3f}",
             f"{r.artifact_const_response_init_mean:.3f}", f"{r.artifact_overlap_unevenness_mean:.2f}",
@@ -462,6 +464,10 @@ def summary_markdown(df: pd.DataFrame) -> str:
         "have one (image sampling only: one more seed could reverse it). ** the interval excludes 0 and "
         "includes training noise; * it excludes 0 for image sampling only. p_best: the share of resamples "
         "in which the variant has the best mean final score.",
+        "lost fp/fn/s/m/l: where the final score falls short of 1, as shares of all images' score (they add "
+        "up to 1 - final): fp, images without salt given a mask; fn, salt images predicted empty; s/m/l, "
+        "the IoU shortfall (shape, boundary) on salt images given a mask, by salt coverage (<=10%, 10-50%, "
+        ">50%).",
     ]
     if df.attrs.get("verdict"):
         lines += ["", stats.verdict_sentence(df.attrs["verdict"])]
@@ -482,6 +488,7 @@ def _log_summary(parent, summary: pd.DataFrame, runs_df: pd.DataFrame, wall: flo
     ref = summary.variant.iloc[0]
     parent.log_figure(plots.plot_ablation(summary, reference=ref), "plots/ablation.png")
     parent.log_figure(plots.plot_bootstrap_ci(summary, reference=ref), "plots/bootstrap_ci.png")
+    parent.log_figure(plots.plot_ablation_gaps(summary), "plots/score_gaps.png")
     verdict = summary.attrs.get("verdict") or {}
     best_name = verdict.get("best", summary.variant[summary.final_mean.idxmax()])
     best = summary.set_index("variant", drop=False).loc[best_name]  # judged on the scores the CIs compare

@@ -39,9 +39,10 @@ from segnet.children import (
 )
 from segnet.config import Config, load_config
 from segnet.errors import ConfigError, SegnetError
+from segnet.metrics.segmentation import GAP_PARTS
 
 ID_TAG = "segnet.cv_id"  # the tag that names a child's cv parent
-SCORE_COLUMNS = ["id", "fold", "tgs", "iou", "coverage"]
+SCORE_COLUMNS = ["id", "fold", "tgs", "iou", "coverage", "pred_coverage"]
 
 
 @dataclass
@@ -218,7 +219,7 @@ def out_of_fold(uri: str, p: CVPlan, parent_id: str) -> OutOfFold:
     from segnet import tracking
     from segnet.data import load_dataset
     from segnet.evaluate import read_probabilities
-    from segnet.metrics.segmentation import score_table, search_threshold
+    from segnet.metrics.segmentation import score_gaps, score_table, search_threshold
 
     runs = _fold_runs(uri, p, parent_id)
     data = load_dataset(p.base)
@@ -247,20 +248,24 @@ def out_of_fold(uri: str, p: CVPlan, parent_id: str) -> OutOfFold:
     threshold = search_threshold(truth, probs)[0] if p.base.eval.threshold_search else 0.5
     scores = score_table(ids, truth, probs > threshold)
     scores["fold"] = np.asarray(fold_col)[order]
-    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
     folds = pd.DataFrame(rows)
     final = folds["val_tgs_map_tuned"].astype(float)
     metrics = {"oof_tgs_map": float(scores["tgs"].mean()), "oof_iou": float(scores["iou"].mean()),
                "oof_threshold": float(threshold), "fold_tgs_map_mean": float(final.mean()),
                "fold_tgs_map_std": float(final.std(ddof=1)) if len(final) > 1 else 0.0,
-               "n_folds": float(len(folds)), "oof_images": float(len(scores))}
+               "n_folds": float(len(folds)), "oof_images": float(len(scores)),
+               **{f"oof_{k}": v for k, v in score_gaps(scores).items()}}
     return OutOfFold(scores[SCORE_COLUMNS], folds, metrics, data)
 
 
 def _log(parent, oof: OutOfFold) -> None:
+    from segnet import plots
+
     parent.log_dataframe(oof.scores, "oof/scores.csv")
     parent.log_dataframe(oof.folds, "oof/folds.csv")
     parent.log_metrics(oof.metrics)
+    parent.log_figure(plots.plot_score_gaps(oof.scores, title="Where the out-of-fold score is lost"),
+                      "plots/oof_score_gaps.png")
     parent.set_tags({"segnet.cv_folds": ",".join(oof.folds["run_id"]), "segnet.dataset": oof.data.kind,
                      "segnet.data_fingerprint": oof.data.fingerprint})
 
@@ -292,4 +297,6 @@ def report(oof: OutOfFold) -> str:
     lines.append(f"cv: folds {m['fold_tgs_map_mean']:.4f} ± {m['fold_tgs_map_std']:.4f} (mean ± std of the final "
                  f"scores); out of fold: tgs_map {m['oof_tgs_map']:.4f}, iou {m['oof_iou']:.4f} at threshold "
                  f"{m['oof_threshold']:.2f} over {int(m['oof_images'])} images")
+    lines.append("cv: out-of-fold score lost to " + ", ".join(
+        f"{label} {m[f'oof_{k}']:.4f}" for k, label in GAP_PARTS.items()))
     return "\n".join(lines)

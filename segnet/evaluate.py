@@ -61,7 +61,6 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
             threshold = 0.5
     pred = probs > threshold
     scores = segmentation.score_table(ids, truth, pred)
-    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
 
     # Artifact metrics are measured at network resolution, where the decoder left its fingerprint.
     masks_net = to_network(masks, cfg.data.size, cfg.data.resize_mode, is_mask=True)
@@ -76,6 +75,7 @@ def evaluate_model(model, cfg: Config, spec, images: np.ndarray, masks: np.ndarr
         "val_dice_tuned": segmentation.dice(truth, pred),
         "val_pixel_iou_tuned": segmentation.pixel_iou(truth, pred),
         "best_threshold": float(threshold),
+        **{f"val_{k}": v for k, v in segmentation.score_gaps(scores).items()},
         "artifact_periodic_energy": pe,
         "artifact_periodic_energy_gt": pe_gt,
         "artifact_excess": artifacts.artifact_excess(pe, pe_gt),
@@ -103,8 +103,16 @@ def _figures(images, truth, pred, ids, scores, logits_plain, masks_net, const_ma
     return {
         "plots/spectra.png": plots.plot_spectra(logits_plain, masks_net),
         "plots/const_response.png": plots.plot_const_response(const_maps),
+        **_gap_figure(scores),
         **_overlays(images, truth, pred, ids, scores, threshold, overlays),
     }
+
+
+def _gap_figure(scores) -> dict:
+    """Where the score is lost (``segmentation.score_gaps``) and the score by salt-coverage class."""
+    from segnet import plots
+
+    return {"plots/score_gaps.png": plots.plot_score_gaps(scores)}
 
 
 def _overlays(images, truth, pred, ids, scores, threshold: float, overlays: int) -> dict:
@@ -163,7 +171,6 @@ def evaluate_ensemble(predictor, images: np.ndarray, masks: np.ndarray, ids: lis
     truth = masks[..., 0] > 0.5
     pred = probs > predictor.threshold
     scores = segmentation.score_table(ids, truth, pred)
-    scores["coverage"] = truth.reshape(len(truth), -1).mean(axis=1)
     metrics = {
         "val_tgs_map_tta" if predictor.tta else "val_tgs_map_plain": segmentation.tgs_map(truth, probs > 0.5),
         "val_tgs_map_tuned": float(scores["tgs"].mean()),
@@ -171,9 +178,10 @@ def evaluate_ensemble(predictor, images: np.ndarray, masks: np.ndarray, ids: lis
         "val_dice_tuned": segmentation.dice(truth, pred),
         "val_pixel_iou_tuned": segmentation.pixel_iou(truth, pred),
         "best_threshold": float(predictor.threshold),
+        **{f"val_{k}": v for k, v in segmentation.score_gaps(scores).items()},
         "ensemble_models": float(len(predictor.members)),
     }
-    figures = _overlays(images, truth, pred, ids, scores, predictor.threshold, overlays)
+    figures = {**_gap_figure(scores), **_overlays(images, truth, pred, ids, scores, predictor.threshold, overlays)}
     return {"metrics": metrics, "scores": scores, "figures": figures}
 
 

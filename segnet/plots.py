@@ -16,6 +16,9 @@ Table inputs (pandas DataFrames; the ablation and bench code write these columns
   (``images`` | ``images+training``: a dotted segment covers image sampling only, a solid one training
   noise too) and ``p_best`` (shown in the labels).
 * :func:`plot_bench`: ``model, train_images_per_s, infer_images_per_s``.
+* :func:`plot_score_gaps`: a per-image score table (``segmentation.score_table``: ``tgs, coverage,
+  pred_coverage``); :func:`plot_ablation_gaps`: ``variant`` and ``gap_<part>_mean`` per part of
+  ``segmentation.score_gaps`` (``final_mean`` or ``tgs_map_tuned_mean`` for the score itself).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ __all__ = [
     "plot_ablation",
     "plot_bootstrap_ci",
     "plot_bench",
+    "plot_score_gaps",
+    "plot_ablation_gaps",
 ]
 
 
@@ -256,6 +261,77 @@ def plot_learning_curves(
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title or "Learning curves")
+    return _finish(fig, path)
+
+
+# ------------------------------------------------------------------------------ where score is lost
+
+_GAP_COLORS = ("tab:red", "tab:purple", "tab:orange", "tab:olive", "tab:cyan")  # segmentation.GAP_PARTS's
+
+
+def _gap_bars(ax, y, score: np.ndarray, parts: dict[str, np.ndarray], labels: Sequence[str]) -> None:
+    """Horizontal bars from 0 to 1: the score, then each lost part stacked after it."""
+    from segnet.metrics.segmentation import GAP_PARTS
+
+    left = np.nan_to_num(score)
+    ax.barh(y, left, color="tab:green", label="tgs_map (scored)")
+    for (key, label), color in zip(GAP_PARTS.items(), _GAP_COLORS, strict=True):
+        w = np.nan_to_num(parts[key])
+        ax.barh(y, w, left=left, color=color, label=f"lost: {label}")
+        for yi, li, wi in zip(y, left, w, strict=True):
+            if wi >= 0.02:
+                ax.text(li + wi / 2, yi, f"{wi:.3f}", ha="center", va="center", fontsize=7)
+        left = left + w
+    for yi, si in zip(y, score, strict=True):
+        ax.text(0.01, yi, f"{si:.4f}", ha="left", va="center", fontsize=8, color="white", weight="bold")
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of all images' score (tgs_map + the lost parts = 1)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+
+
+def plot_score_gaps(scores, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """Where the score is lost (``segmentation.score_gaps``) and the mean score by salt-coverage class
+    (empty, then ceil(coverage*10): the classes the folds are stratified by), with the image counts."""
+    from segnet.metrics.segmentation import GAP_PARTS, score_gaps
+
+    gaps = score_gaps(scores)
+    tgs = scores["tgs"].to_numpy(float)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True,
+                             gridspec_kw={"width_ratios": [1.3, 1]})
+    _gap_bars(axes[0], np.array([0.0]), np.array([tgs.mean() if len(tgs) else np.nan]),
+              {k: np.array([gaps[k]]) for k in GAP_PARTS}, ["this model"])
+    axes[0].set_title(f"where the score is lost ({len(tgs)} images)")
+    cls = np.ceil(scores["coverage"].to_numpy(float) * 10).astype(int)
+    names = ["empty"] + [f"{10 * (k - 1)}-{10 * k}%" for k in range(1, 11)]
+    count = np.array([(cls == k).sum() for k in range(11)])
+    mean = np.array([tgs[cls == k].mean() if count[k] else np.nan for k in range(11)])
+    ax = axes[1]
+    ax.bar(np.arange(11), np.nan_to_num(mean), color=["tab:gray"] + ["tab:blue"] * 10)
+    for k in range(11):
+        ax.text(k, np.nan_to_num(mean[k]) + 0.01, f"n={count[k]}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(11), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("mean tgs score")
+    ax.set_xlabel("salt coverage of the truth")
+    ax.set_title("score by coverage class")
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title or "Where the score is lost")
+    return _finish(fig, path)
+
+
+def plot_ablation_gaps(summary_df, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """Per variant, its mean final score and the mean lost parts (``segmentation.score_gaps``) over its
+    replicates, as stacked bars: which kind of error each decoder or component trades."""
+    df = summary_df.reset_index(drop=True)
+    fcol = "final_mean" if "final_mean" in df.columns else "tgs_map_tuned_mean"
+    names = df["variant"].astype(str).tolist()
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.5 * len(names)), constrained_layout=True)
+    y = np.arange(len(names))[::-1].astype(float)
+    from segnet.metrics.segmentation import GAP_PARTS
+
+    _gap_bars(ax, y, _col(df, fcol), {k: _col(df, f"{k}_mean") for k in GAP_PARTS}, names)
+    ax.set_title(title or "Where each variant loses its final score (mean over replicates)")
     return _finish(fig, path)
 
 

@@ -92,6 +92,12 @@ def test_summary_table_shows_the_final_scores_the_interval_compares():
     assert "| +0.0600 [-0.0100, +0.0888] | images+training |" in table[5]  # includes 0: no mark
     text = "\n".join(table[6:])
     assert "** the interval excludes 0 and includes training noise; * it excludes 0 for image sampling only" in text
+    gaps = summary_markdown(pd.DataFrame([{**ref, "gap_empty_fp_mean": 0.12, "gap_empty_fn_mean": 0.05,
+                                           "gap_small_mean": 0.04, "gap_medium_mean": 0.03,
+                                           "gap_large_mean": 0.0208}])).splitlines()
+    assert "| p_best | lost fp/fn/s/m/l | periodic |" in gaps[0]
+    assert "| 0.00 | 0.120/0.050/0.040/0.030/0.021 |" in gaps[2]
+    assert "lost fp/fn/s/m/l: where the final score falls short of 1" in text
 
 
 def _fake_ablation(monkeypatch, per_run: dict):
@@ -142,11 +148,13 @@ def test_summary_csv_columns_replicates_and_verdict(monkeypatch):
 
     logged = {}
     parent = NS(log_dataframe=lambda df, f: logged.setdefault(f, df), log_text=lambda t, f: logged.setdefault(f, t),
-                log_figure=lambda fig, f: plots.plt.close(fig), log_metrics=logged.update,
+                log_figure=lambda fig, f: (logged.setdefault("figures", []).append(f), plots.plt.close(fig)),
+                log_metrics=logged.update,
                 set_tags=lambda t: logged.setdefault("tags", t))
     ablate._log_summary(parent, summary, runs_df, 1.0)
     assert logged["tags"] == {"segnet.best_variant": "none", "segnet.best_mean_variant": "best"}
     assert logged["best_final_mean"] == pytest.approx(base.mean() + 0.11) and logged["best_lead_lo"] < 0
+    assert logged["figures"] == ["plots/ablation.png", "plots/bootstrap_ci.png", "plots/score_gaps.png"]
 
     # without the wild variant, best's lead survives: it is named; folds from the tag, one seed each
     summary, runs_df = _fake_ablation(monkeypatch, {

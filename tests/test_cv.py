@@ -21,6 +21,7 @@ from segnet.config import load_config
 from segnet.cv import SCORE_COLUMNS
 from segnet.cv import plan as cv_plan
 from segnet.errors import ConfigError, SegnetError
+from segnet.metrics.segmentation import GAP_PARTS
 
 from .procs import run, run_statuses, store_uri, tiny_overrides
 
@@ -97,6 +98,9 @@ def test_cv_logs_every_image_once_out_of_fold(cv_run):
     folds = load_or_make_folds(data.ids, data.masks, cfg.data.n_folds, cfg.data.fold_seed).set_index("id")
     assert (scores.fold.to_numpy() == folds.loc[scores.id, "fold"].to_numpy()).all()  # its own fold
     assert m["oof_tgs_map"] == pytest.approx(scores.tgs.mean()) and m["oof_iou"] == pytest.approx(scores.iou.mean())
+    assert m["oof_tgs_map"] + sum(m[f"oof_{k}"] for k in GAP_PARTS) == pytest.approx(1.0)
+    assert "cv: out-of-fold score lost to salt predicted on an empty image" in stdout
+    assert "plots/oof_score_gaps.png" in {f.path for f in client.list_artifacts(parent, "plots")}
 
     kids = client.search_runs([info.info.experiment_id], f"tags.`segnet.cv_id` = '{parent}'")
     assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1]

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from segnet import paths
 from segnet.config import load_config
 from segnet.errors import DataError, SegnetError
+from segnet.metrics.segmentation import GAP_PARTS
 
 from .test_train import tiny_overrides
 
@@ -63,6 +64,11 @@ def test_evaluate_logs_eval_metrics_with_the_dataset_fingerprint(trained, tiny_s
     m = run.data.metrics
     assert m["eval_val_tgs_map_tuned"] == pytest.approx(m["val_tgs_map_tuned"], abs=1e-6)
     assert m["eval_best_threshold"] == pytest.approx(m["best_threshold"], abs=1e-9)
+    # where the score is lost: the parts add up to what the tuned score misses, at training and on evaluation
+    for prefix in ("", "eval_"):
+        lost = sum(m[f"{prefix}val_{k}"] for k in GAP_PARTS)
+        assert m[f"{prefix}val_tgs_map_tuned"] + lost == pytest.approx(1.0, abs=1e-6)
+        assert 0 <= m[f"{prefix}val_empty_fp_rate"] <= 1
     # data.limit=40 in the tiny config: a subset is fingerprinted as such.
     assert run.data.tags["segnet.eval_data_fingerprint"] == f"{fingerprint(tiny_synth)}-limit40"
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from segnet.metrics.segmentation import (
+    GAP_PARTS,
     dice,
     dice_scores,
     iou,
     iou_scores,
     pixel_iou,
+    score_gaps,
     score_table,
     search_threshold,
     sigmoid,
@@ -194,10 +196,15 @@ def test_search_threshold_is_fast():
 def test_score_table():
     t = np.zeros((2, 4, 4), bool)
     t[0, 0, 0] = True
-    df = score_table(["a", "b"], t, t)
-    assert list(df.columns) == ["id", "iou", "tgs"]
+    p = np.zeros_like(t)
+    p[0, :2, :2] = True
+    df = score_table(["a", "b"], t, p)
+    assert list(df.columns) == ["id", "iou", "tgs", "coverage", "pred_coverage"]
     assert df["id"].tolist() == ["a", "b"]
-    np.testing.assert_array_equal(df["tgs"], [1.0, 1.0])
+    np.testing.assert_array_equal(df["tgs"], [0.0, 1.0])
+    np.testing.assert_array_equal(df["iou"], [0.25, 1.0])
+    np.testing.assert_array_equal(df["coverage"], [1 / 16, 0.0])
+    np.testing.assert_array_equal(df["pred_coverage"], [4 / 16, 0.0])
     with pytest.raises(ValueError):
         score_table(["a"], t, t)
 
@@ -210,3 +217,58 @@ def test_sigmoid_is_finite_and_silent_for_extreme_logits():
     ref = 1.0 / (1.0 + np.exp(-z[2:7].astype(np.float64)))
     np.testing.assert_allclose(p[2:7], ref, atol=1e-6)
     assert p[0] == 0.0 and p[1] == 0.0 and p[-1] == 1.0 and p[-2] == 1.0
+
+
+def _gap_case():
+    """Ten 10x10 images whose every loss is known: (truth, prediction) pairs built pixel by pixel."""
+    t = np.zeros((10, 10, 10), bool)
+    p = np.zeros_like(t)
+    # 0, 1: no salt, predicted empty (score 1 each)
+    t[2, 0, 0] = False
+    p[2, 5, 5] = True  # 2: no salt, one salt pixel predicted: an empty-image false positive (costs 1)
+    p[3, 0, :3] = True  # 3: same, three pixels (costs 1)
+    t[4, :2, :3] = True  # 4: 6% salt predicted empty: a false empty (costs 1)
+    t[5, :2, :4] = True
+    p[5, :2, :4] = True  # 5: 8% salt, exact (score 1)
+    t[6, :2, :4] = True
+    p[6, :2, :3] = True  # 6: 8% salt, 6 of 8 pixels: IoU 0.75, score 0.5 (small: costs 0.5)
+    t[7, :3, :] = True
+    p[7, :2, :] = True  # 7: 30% salt, IoU 20/30 = 0.667, score 0.4 (medium: costs 0.6)
+    t[8, :6, :] = True
+    p[8, :6, :9] = True  # 8: 60% salt, IoU 54/60 = 0.9, score 0.8 (large: costs 0.2)
+    t[9, 5:, :] = True
+    p[9, :5, :] = True  # 9: 50% salt (medium), a mask in the wrong place: IoU 0, score 0 (medium: costs 1)
+    return t, p
+
+
+def test_score_gaps_add_up_to_what_each_kind_of_error_costs():
+    t, p = _gap_case()
+    df = score_table([str(i) for i in range(10)], t, p)
+    np.testing.assert_allclose(df["tgs"], [1, 1, 0, 0, 0, 1, 0.5, 0.4, 0.8, 0])
+    gaps = score_gaps(df)
+    assert gaps == pytest.approx({
+        "gap_empty_fp": 2 / 10, "gap_empty_fn": 1 / 10, "gap_small": 0.5 / 10, "gap_medium": 1.6 / 10,
+        "gap_large": 0.2 / 10, "empty_fp_rate": 2 / 4, "empty_fn_rate": 1 / 6,
+    })
+    assert list(GAP_PARTS) == [k for k in gaps if k.startswith("gap_")]
+    assert tgs_map(t, p) + sum(gaps[k] for k in GAP_PARTS) == pytest.approx(1.0)
+
+
+def test_score_gaps_of_a_perfect_model_and_of_no_empty_images():
+    t, _ = _gap_case()
+    gaps = score_gaps(score_table([str(i) for i in range(10)], t, t))
+    assert all(gaps[k] == 0 for k in GAP_PARTS) and gaps["empty_fp_rate"] == 0 and gaps["empty_fn_rate"] == 0
+    salt = score_gaps(score_table(["a"], t[5:6], t[5:6]))
+    assert np.isnan(salt["empty_fp_rate"]) and salt["empty_fn_rate"] == 0
+
+
+def test_score_gaps_hold_on_random_predictions():
+    rng = np.random.default_rng(3)
+    t = rng.random((200, 16, 16)) < rng.random((200, 1, 1)) ** 3
+    t[:60] = False
+    p = rng.random((200, 16, 16)) < 0.5 * t + rng.random((200, 1, 1)) * 0.2
+    p[rng.random(200) < 0.3] = False
+    df = score_table([str(i) for i in range(200)], t, p)
+    gaps = score_gaps(df)
+    assert all(gaps[k] >= 0 for k in GAP_PARTS)
+    assert df["tgs"].mean() + sum(gaps[k] for k in GAP_PARTS) == pytest.approx(1.0)

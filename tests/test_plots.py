@@ -276,3 +276,41 @@ def test_plot_bench(tmp_path):
     assert [t.get_text() for t in ax.texts] == ["120", "100", "800"]  # values written on the bars, not the NaN
     assert [t.get_text() for t in ax.get_xticklabels()] == ["keras_unet", "transposed"]
     assert _png_ok(plots.save(fig, tmp_path / "bench.png"))
+
+
+def _widths(ax) -> np.ndarray:
+    return np.array([p.get_width() for p in ax.patches], float)
+
+
+def test_plot_score_gaps(tmp_path):
+    # five images: empty and right (1), empty given a mask (0), salt predicted empty (0), 5% salt scored 0.5,
+    # 60% salt scored 0.8
+    scores = pd.DataFrame({"tgs": [1.0, 0.0, 0.0, 0.5, 0.8], "coverage": [0, 0, 0.3, 0.05, 0.6],
+                           "pred_coverage": [0, 0.01, 0, 0.04, 0.55]})
+    fig = plots.plot_score_gaps(scores)
+    gaps_ax, cls_ax = fig.axes[:2]
+    assert _titles(fig)[:2] == ["where the score is lost (5 images)", "score by coverage class"]
+    # the score, then fp, fn, small, medium, large stacked after it: they fill the bar to 1
+    np.testing.assert_allclose(_widths(gaps_ax), [0.46, 0.2, 0.2, 0.1, 0.0, 0.04])
+    np.testing.assert_allclose([p.get_x() for p in gaps_ax.patches], [0, 0.46, 0.66, 0.86, 0.96, 0.96])
+    assert _legend(gaps_ax)[:3] == ["tgs_map (scored)", "lost: salt predicted on an empty image",
+                                   "lost: salt image predicted empty"]
+    # classes: empty (2 images, mean 0.5), 0-10% (0.5), 20-30% (0), 50-60% (0.8); the others are empty bars
+    heights = _heights(cls_ax)
+    np.testing.assert_allclose(heights[[0, 1, 3, 6]], [0.5, 0.5, 0.0, 0.8])
+    assert [t.get_text() for t in cls_ax.texts][:2] == ["n=2", "n=1"]
+    assert _png_ok(plots.save(fig, tmp_path / "g.png"))
+
+
+def test_plot_ablation_gaps(tmp_path):
+    df = pd.DataFrame({"variant": ["a", "b"], "final_mean": [0.7, 0.8],
+                       "gap_empty_fp_mean": [0.1, 0.05], "gap_empty_fn_mean": [0.05, 0.05],
+                       "gap_small_mean": [0.05, 0.04], "gap_medium_mean": [0.05, 0.03],
+                       "gap_large_mean": [0.05, np.nan]})  # a run logged before the gaps were: NaN draws 0
+    fig = plots.plot_ablation_gaps(df)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    # bars are drawn part by part (score, fp, fn, small, medium, large), each for a then b
+    np.testing.assert_allclose(_widths(ax), [0.7, 0.8, 0.1, 0.05, 0.05, 0.05, 0.05, 0.04, 0.05, 0.03, 0.05, 0.0])
+    assert [p.get_y() + p.get_height() / 2 for p in ax.patches][:2] == [1.0, 0.0]  # a on top
+    assert _png_ok(plots.save(fig, tmp_path / "ag.png"))

@@ -25,7 +25,8 @@ REQUIRED_FINAL_METRICS = (
 REQUIRED_TAGS = ("segnet.decoder", "segnet.variant", "segnet.dataset", "segnet.data_fingerprint",
                  "mlflow.source.git.commit")
 REQUIRED_ARTIFACTS = ("config.yaml", "plots/learning_curves.png", "plots/spectra.png", "plots/const_response.png",
-                      "plots/overlays_worst.png", "plots/overlays_best.png", "predictions/val_scores.csv")
+                      "plots/overlays_worst.png", "plots/overlays_best.png", "plots/score_gaps.png",
+                      "predictions/val_scores.csv")
 
 
 def tiny_overrides(data_dir: Path, uri: str) -> list[str]:

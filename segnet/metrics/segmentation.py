@@ -35,6 +35,9 @@ __all__ = [
     "tgs_map",
     "search_threshold",
     "score_table",
+    "COVERAGE_BINS",
+    "GAP_PARTS",
+    "score_gaps",
 ]
 
 # IoU thresholds of the competition, as k/20 for k = 10..19 (0.50, 0.55, ..., 0.95).
@@ -206,13 +209,62 @@ def _argmax_lowest(th: np.ndarray, values: np.ndarray) -> int:
 
 
 def score_table(ids: Sequence[str], truth: np.ndarray, pred: np.ndarray):
-    """Per-image validation scores as a DataFrame with columns ``id, iou, tgs`` (for val_scores.csv)."""
+    """Per-image scores as a DataFrame with columns ``id, iou, tgs, coverage, pred_coverage`` (for
+    val_scores.csv): ``coverage`` and ``pred_coverage`` are the salt shares of the truth and the prediction."""
     import pandas as pd
 
+    truth, pred = _pair(truth, pred)
     inter, union = intersection_union(truth, pred)
     ids = [str(i) for i in ids]
     if len(ids) != len(inter):
         raise ValueError(f"{len(ids)} ids for {len(inter)} images")
+    pixels = truth[0].size if len(truth) else 1
     return pd.DataFrame(
-        {"id": ids, "iou": _iou_from_counts(inter, union), "tgs": _tgs_from_counts(inter, union)}
+        {"id": ids, "iou": _iou_from_counts(inter, union), "tgs": _tgs_from_counts(inter, union),
+         "coverage": truth.reshape(len(truth), -1).sum(axis=1) / pixels,
+         "pred_coverage": pred.reshape(len(pred), -1).sum(axis=1) / pixels}
     )
+
+
+# Salt-coverage classes of the gap breakdown: (lo, hi] shares of the image (small, medium, large masks).
+COVERAGE_BINS = {"small": (0.0, 0.1), "medium": (0.1, 0.5), "large": (0.5, 1.0)}
+# The parts of score_gaps that add up to 1 - tgs_map, in order, each with what it counts.
+GAP_PARTS = {
+    "gap_empty_fp": "salt predicted on an empty image",
+    "gap_empty_fn": "salt image predicted empty",
+    "gap_small": "shape/boundary, small masks (<=10%)",
+    "gap_medium": "shape/boundary, medium masks (10-50%)",
+    "gap_large": "shape/boundary, large masks (>50%)",
+}
+
+
+def score_gaps(scores) -> dict[str, float]:
+    """Where a tgs_map below 1 loses its points: ``1 - tgs_map`` split into disjoint parts, each the
+    share of all images' score it costs (so ``tgs_map + sum(gap_*) == 1``).
+
+    ``scores``: a :func:`score_table` (columns ``tgs``, ``coverage``, ``pred_coverage``). Parts:
+
+    * ``gap_empty_fp``: images without salt given a mask (each costs its whole point);
+    * ``gap_empty_fn``: images with salt predicted empty (each costs its whole point; what an empty-mask
+      classifier or a too-high threshold causes);
+    * ``gap_small`` / ``gap_medium`` / ``gap_large``: the rest, on salt images given a mask, by the salt's
+      coverage (``COVERAGE_BINS``: up to 10 %, to 50 %, above): the IoU falling short of the 0.50-0.95
+      thresholds, i.e. boundaries and shapes (a mask in the wrong place included).
+
+    Also the rates behind the first two: ``empty_fp_rate`` (of the images without salt) and
+    ``empty_fn_rate`` (of the images with salt); NaN when there are none of them.
+    """
+    tgs = scores["tgs"].to_numpy(float)
+    cov = scores["coverage"].to_numpy(float)
+    pred = scores["pred_coverage"].to_numpy(float)
+    n = max(len(tgs), 1)
+    empty, said_empty = cov == 0, pred == 0
+    fp, fn = empty & ~said_empty, ~empty & said_empty
+    out = {"gap_empty_fp": fp.sum() / n, "gap_empty_fn": fn.sum() / n}
+    shaped = ~empty & ~said_empty
+    for name, (lo, hi) in COVERAGE_BINS.items():
+        sel = shaped & (cov > lo) & (cov <= hi)
+        out[f"gap_{name}"] = float((1.0 - tgs[sel]).sum() / n)
+    out["empty_fp_rate"] = float(fp.sum() / empty.sum()) if empty.any() else float("nan")
+    out["empty_fn_rate"] = float(fn.sum() / (~empty).sum()) if (~empty).any() else float("nan")
+    return {k: float(v) for k, v in out.items()}
