@@ -194,8 +194,11 @@ def _conclude(uri: str, p: AblationPlan | Recorded, parent, t0: float,
     """The end of an ablation, `ablate`'s and `--summarize`'s: the summary of the children finished so far
     (``summarize``), logged to the parent (``_log_summary``) with the wall time since ``t0`` (a
     ``time.perf_counter()`` value). Returns the summary and that wall time."""
+    from segnet import tracking
+
     summary, per_image = summarize(uri, p, parent.run_id)
     wall = time.perf_counter() - t0
+    tracking.log_children_inputs(parent, per_image.run_id, "ablation")
     _log_summary(parent, summary, per_image, wall, register=register)
     return summary, wall
 

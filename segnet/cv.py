@@ -259,8 +259,9 @@ def out_of_fold(uri: str, p: CVPlan, parent_id: str) -> OutOfFold:
 
 
 def _log(parent, oof: OutOfFold) -> None:
-    from segnet import plots
+    from segnet import plots, tracking
 
+    tracking.log_children_inputs(parent, oof.folds["run_id"], "cross-validation")
     parent.log_dataframe(oof.scores, "oof/scores.csv")
     parent.log_dataframe(oof.folds, "oof/folds.csv")
     parent.log_metrics(oof.metrics)

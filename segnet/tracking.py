@@ -554,7 +554,27 @@ def log_dataset(run: Run, name: str, digest: str, folder: str | Path, context: s
     ds = Dataset(name=name, digest=digest, source_type="local",
                  source=json.dumps({"uri": str(Path(folder).resolve())}),
                  schema=json.dumps(_DATASET_SCHEMA), profile=json.dumps(profile))
-    inputs = [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    _log_inputs(run, [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+def log_children_inputs(parent: Run, child_run_ids, context: str) -> int:
+    """An ablation's or a cv's parent: the datasets its children trained on (their ``training`` inputs,
+    one per name and digest) as its own inputs with ``context`` (``ablation`` | ``cross-validation``), so
+    the runs table's Dataset column shows what the whole comparison saw. Returns how many."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    seen = {}
+    for run_id in dict.fromkeys(child_run_ids):
+        for di in parent.client.get_run(run_id).inputs.dataset_inputs:
+            if {t.key: t.value for t in di.tags}.get(MLFLOW_DATASET_CONTEXT) == "training":
+                seen.setdefault((di.dataset.name, di.dataset.digest), di.dataset)
+    if seen:
+        _log_inputs(parent, [DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context)]) for ds in seen.values()])
+    return len(seen)
+
+
+def _log_inputs(run: Run, inputs: list) -> None:
     for attempt in range(3):
         try:
             run.client.log_inputs(run.run_id, inputs)

@@ -250,3 +250,5 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
         # two variants: the best one's lead survives exactly when the difference's interval excludes 0
         assert ptags["segnet.best_variant"] == (best if summary.loc[1, "significant"] else "none")
         assert {m["key"] for m in parent["metrics"]} >= {"best_tgs_map_tuned_mean", "wall_time_s"}
+        pinputs = rest_get(base, "/api/2.0/mlflow/runs/get", run_id=parent_id)["run"]["inputs"]["dataset_inputs"]
+        assert [(d["dataset"]["name"], d["tags"][0]["value"]) for d in pinputs] == [("synthetic", "ablation")]

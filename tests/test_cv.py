@@ -101,6 +101,9 @@ def test_cv_logs_every_image_once_out_of_fold(cv_run):
     assert m["oof_tgs_map"] + sum(m[f"oof_{k}"] for k in GAP_PARTS) == pytest.approx(1.0)
     assert "cv: out-of-fold score lost to salt predicted on an empty image" in stdout
     assert "plots/oof_score_gaps.png" in {f.path for f in client.list_artifacts(parent, "plots")}
+    # the parent's dataset input: the folder its folds trained on (every image scored out of fold)
+    ((name, digest, ctx),) = [(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in info.inputs.dataset_inputs]
+    assert (name, ctx) == ("synthetic", "cross-validation") and digest == info.data.tags["segnet.data_fingerprint"]
 
     kids = client.search_runs([info.info.experiment_id], f"tags.`segnet.cv_id` = '{parent}'")
     assert sorted(int(r.data.tags["segnet.fold"]) for r in kids) == [0, 1]

@@ -95,6 +95,19 @@ def test_training_run_has_its_dataset_inputs(server, trained, tiny_synth):
     assert [r["info"]["run_id"] for r in found] == [trained["info"]["run_id"]]
 
 
+def test_a_parent_shows_the_datasets_its_children_trained_on(server, trained):
+    """An ablation's or a cv's parent takes its children's training datasets as its own inputs (what
+    ``ablate`` and ``cv`` call when they conclude), read back through the REST API as the UI does."""
+    from segnet import tracking
+
+    parent = tracking.create_run(server, "test", "ablation-inputs", {"segnet.role": "ablation"})
+    run_id = trained["info"]["run_id"]
+    assert tracking.log_children_inputs(parent, [run_id, run_id], "ablation") == 1  # one dataset, once
+    parent.end()
+    got = _inputs(rest_get(server, "/api/2.0/mlflow/runs/get", run_id=parent.run_id)["run"])
+    assert got == {"ablation": _inputs(trained)["training"]}
+
+
 def test_training_run_has_system_metrics(server, trained):
     run_id = trained["info"]["run_id"]
     keys = {m["key"] for m in rest_get(server, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["data"]["metrics"]}
