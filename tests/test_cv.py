@@ -162,6 +162,8 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models(cv_run, tiny_synth, tmp_pa
     logged = MlflowClient(store_uri(tmp)).get_run(parent).data
     assert logged.metrics["eval_val_tgs_map_tuned"] == pytest.approx(metrics["val_tgs_map_tuned"])
     assert logged.tags["segnet.eval_subset"] == "all images"
+    assert metrics["val_tgs_map_tuned"] + sum(metrics[f"val_{k}"] for k in GAP_PARTS) == pytest.approx(1.0)
+    assert "eval/plots/score_gaps.png" in {f.path for f in MlflowClient(store_uri(tmp)).list_artifacts(parent, "eval/plots")}
 
 
 def test_cv_registers_its_fold_ensemble(cv_run):
