@@ -56,6 +56,7 @@ class AblationPlan:
     experiment: str
     profile: Path | None = None
     folds: list[int] = field(default_factory=lambda: [0])
+    legacy_hash: str = ""  # the hash older versions gave this plan (``Config.hash``): found again by it
 
     @property
     def n_seeds(self) -> int:
@@ -107,12 +108,18 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
                     raise ConfigError(f"{f}: variant '{name}': {e}") from None
                 label = _label(name, seed, cfg.data.fold, len(folds))
                 children.append(Child(name, seed, cfg, over, label=label))
-    # One fold: the hash of the ablations made before `folds` existed (the fold is in each config's hash).
-    key = [[c.variant, c.seed, c.cfg.hash()] if len(folds) == 1 else [c.variant, c.seed, c.fold, c.cfg.hash()]
-           for c in children]
-    h = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+    h, legacy = (_plan_hash(children, len(folds), legacy) for legacy in (False, True))
     return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment,
-                        Path(profile) if profile else None, folds)
+                        Path(profile) if profile else None, folds, legacy_hash=legacy)
+
+
+def _plan_hash(children: list[Child], n_folds: int, legacy: bool) -> str:
+    """The ablation's hash, from its children's config hashes (``Config.hash``; ``legacy``: as older
+    versions computed them). One fold: the hash of the ablations made before `folds` existed (the fold is
+    in each config's hash)."""
+    key = [[c.variant, c.seed, c.cfg.hash(legacy=legacy)] if n_folds == 1
+           else [c.variant, c.seed, c.fold, c.cfg.hash(legacy=legacy)] for c in children]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def _label(variant: str, seed: int, fold: int, n_folds: int) -> str:
@@ -286,6 +293,7 @@ def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
               **{k: v for k, v in p.children[0].cfg.flat().items()
                  if not k.startswith(("model.", "decoder.")) and not (k == "data.fold" and len(p.folds) > 1)}}
     spec = ParentSpec("ablation", p.hash, p.experiment, "ablation", tags={"segnet.reference": p.variants[0]},
+                      aliases=(p.legacy_hash,),
                       params=params, texts={"ablation.yaml": Path(p.file).read_text()},
                       resume_hint="resume it with the same file, seeds and overrides", who="ablate")
     return find_or_create_parent(uri, spec, resume)

@@ -76,6 +76,7 @@ class ParentSpec:
     texts: dict = field(default_factory=dict)
     resume_hint: str = "resume it with the same config and overrides"
     who: str = ""  # the prefix of its progress lines; default the role
+    aliases: tuple = ()  # other hashes that name the same parent (what older versions tagged it with)
 
     def __post_init__(self) -> None:
         self.who = self.who or self.role
@@ -83,6 +84,11 @@ class ParentSpec:
     @property
     def hash_tag(self) -> str:
         return f"segnet.{self.role}_hash"
+
+    @property
+    def hashes(self) -> list[str]:
+        """The hash, then the aliases: a parent tagged with any of them is this one."""
+        return list(dict.fromkeys(h for h in (self.hash, *self.aliases) if h))
 
 
 def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
@@ -94,13 +100,14 @@ def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
     _check_runs_dir()
     if resume:
         info = tracking.get_run(uri, resume)
-        if info.data.tags.get(spec.hash_tag) != spec.hash:
+        if info.data.tags.get(spec.hash_tag) not in spec.hashes:
             raise SegnetError(f"{spec.role} run '{resume}' was made from another {spec.role} config; "
                               f"{spec.resume_hint}")
         lock = locks.lock_run(run_dir(resume), f"{spec.role} {resume}")
         return tracking.reopen_run(uri, resume), lock
-    found = tracking.find_runs(uri, spec.experiment, f"tags.`{spec.hash_tag}` = '{spec.hash}'")
-    found = [r for r in found if r.data.tags.get("segnet.role") == spec.role]
+    found = [r for h in spec.hashes for r in tracking.find_runs(uri, spec.experiment, f"tags.`{spec.hash_tag}` = '{h}'")
+             if r.data.tags.get("segnet.role") == spec.role]
+    found.sort(key=lambda r: r.info.start_time, reverse=True)  # the newest, whichever hash tags it
     if found:
         run_id = found[0].info.run_id
         lock = locks.lock_run(run_dir(run_id), f"{spec.role} {run_id} (same config hash)")

@@ -131,9 +131,20 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self) -> str:
-        """Short hash of the resolved config, minus the keys that do not change the result."""
+    def hash(self, *, legacy: bool = False) -> str:
+        """Short hash of the resolved config, minus the keys that do not change the result.
+
+        A ``data.dir`` that holds a dataset counts by the dataset's fingerprint, not by how the path is
+        spelled (``../shared/x``, ``/abs/shared/x`` and a symlink to it are one experiment, on any machine
+        that has the same data). ``legacy``: the hash before that (the path as written), which runs and
+        parents made by older versions are tagged with; ``hashes()`` gives both to look them up."""
         d = self.flat()
+        if not legacy and d.get("data.dir") not in (None, ""):
+            from segnet.data.tgs import fingerprint
+
+            root = Path(str(d["data.dir"])).expanduser()
+            if (root / "train.csv").is_file():
+                d["data.dir"] = f"fingerprint:{fingerprint(root)}"
         for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model", "tracking.register",
                   "tracking.system_metrics", "cluster.cpus_per_child", "cluster.gpus_per_child"):
             d.pop(k, None)
@@ -141,6 +152,10 @@ class Config:
             if d.get(k) == default:
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def hashes(self) -> list[str]:
+        """``hash()``, then the legacy hash when it differs: what a run of this config may be tagged with."""
+        return list(dict.fromkeys([self.hash(), self.hash(legacy=True)]))
 
     def variant(self) -> str:
         """Human label of the model variant: the decoder's (``transposed_k3``, ``upsampling_bilinear``), then

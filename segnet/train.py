@@ -138,8 +138,9 @@ def _check_runs_dir() -> None:
 def _config_runs(cfg: Config, uri: str) -> list:
     from segnet import tracking
 
-    return tracking.find_runs(uri, cfg.tracking.experiment, f"tags.`segnet.config_hash` = '{cfg.hash()}'",
-                              max_results=1000)
+    runs = [r for h in cfg.hashes() for r in tracking.find_runs(
+        uri, cfg.tracking.experiment, f"tags.`segnet.config_hash` = '{h}'", max_results=1000)]
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)  # newest first, as find_runs
 
 
 def find_resumable(cfg: Config, uri: str, parent_run_id: str | None = None) -> tuple[str, locks.RunLock] | None:

@@ -143,6 +143,27 @@ def test_hash_ignores_resume_and_changes_with_the_model():
     assert a.hash() != load_config(None, ["model.filters=8"]).hash()
 
 
+def test_hash_counts_a_dataset_folder_by_its_data_not_its_spelling(tmp_path, monkeypatch):
+    """`make cv DATA=../x` restarted as `DATA=/abs/x/` (or through a symlink) is the same experiment; the
+    legacy hash (the spelling, what older versions tagged runs with) is kept to find their runs."""
+    from segnet.data.synthetic import generate
+
+    data = generate(tmp_path / "d", n=8, seed=0, progress=False)
+    (tmp_path / "link").symlink_to(data)
+    monkeypatch.chdir(tmp_path / "link")
+    spellings = [str(data), f"{data}/", "../d", ".", str(tmp_path / "link")]
+    cfgs = [load_config(None, [f"data.dir={d}"]) for d in spellings]
+    assert len({c.hash() for c in cfgs}) == 1
+    assert len({c.hash(legacy=True) for c in cfgs}) == len(spellings)  # older versions: one per spelling
+    assert cfgs[2].hashes() == [cfgs[0].hash(), cfgs[2].hash(legacy=True)]
+    other = generate(tmp_path / "e", n=8, seed=1, progress=False)
+    assert load_config(None, [f"data.dir={other}"]).hash() != cfgs[0].hash()  # other data, other experiment
+    # no dataset there (yet), or no data.dir: the hash is the legacy one
+    missing = load_config(None, [f"data.dir={tmp_path / 'none'}"])
+    assert missing.hashes() == [missing.hash(legacy=True)]
+    assert load_config().hashes() == [load_config().hash(legacy=True)]
+
+
 def test_flat_params_cover_every_key():
     flat = load_config().flat()
     for key in ("data.dir", "data.size", "model.decoder", "model.filters", "model.depth", "train.epochs",

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from segnet import paths
 from segnet.config import load_config
+from segnet.errors import SegnetError
 from segnet.models.decoders import DECODERS
 from tests.procs import segnet_env
 
@@ -123,6 +124,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from segnet.config import load_config
+from segnet.errors import SegnetError
 from segnet.train import train, make_strategy
 assert make_strategy("mirrored").num_replicas_in_sync == 2
 cfg = load_config(None, {tiny_overrides(tiny_synth, uri)!r} + ["train.strategy=mirrored", "train.epochs=1",
@@ -170,3 +172,34 @@ def test_resume_only_takes_over_a_run_of_the_same_parent(tmp_path, monkeypatch):
     lock.release()
     assert found == plain.run_id
     assert find_resumable(cfg, uri, "another-parent") is None
+
+
+def test_resume_finds_a_run_tagged_with_the_legacy_hash(tmp_path, monkeypatch, tiny_synth):
+    """A run an older version tagged with its data.dir's spelling (``Config.hash(legacy=True)``) is still
+    resumed; and a parent (ablation, cv) is found by its legacy hash as by its new one."""
+    from segnet import tracking
+    from segnet.children import ParentSpec, find_or_create_parent
+    from segnet.train import find_resumable
+
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, ["tracking.experiment=test", f"data.dir={tiny_synth}"])
+    assert cfg.hash() != cfg.hash(legacy=True)
+    old = tracking.create_run(uri, "test", "old", {"segnet.config_hash": cfg.hash(legacy=True)})
+    (paths.RUNS_DIR / old.run_id).mkdir(parents=True)
+    (paths.RUNS_DIR / old.run_id / "state.json").write_text("{}")
+    old.end("KILLED")
+    found, lock = find_resumable(cfg, uri, None)
+    lock.release()
+    assert found == old.run_id
+
+    legacy_parent = tracking.create_run(uri, "test", "cv-old", {"segnet.role": "cv", "segnet.cv_hash": "legacy1"})
+    legacy_parent.end("KILLED")
+    spec = ParentSpec("cv", "new1", "test", "cv", aliases=("legacy1",))
+    for resume in (None, legacy_parent.run_id):
+        parent, lock = find_or_create_parent(uri, spec, resume)
+        lock.release()
+        assert parent.run_id == legacy_parent.run_id
+    unrelated = ParentSpec("cv", "new2", "test", "cv", aliases=("legacy2",))
+    with pytest.raises(SegnetError, match="another cv config"):
+        find_or_create_parent(uri, unrelated, legacy_parent.run_id)
