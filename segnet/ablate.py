@@ -430,16 +430,23 @@ def compare(ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
 
     uri = tracking.tracking_uri()
     df = compare_runs(uri, ref_id, run_ids, n)
+
+    def lost(run_id: str) -> str:  # where the run's final score is lost (runs logged before: n/a)
+        m = tracking.get_run(uri, run_id).data.metrics
+        return "/".join(f"{m[f'val_{k}']:.3f}" if f"val_{k}" in m else "n/a" for k in GAP_PARTS)
+
     print(f"reference {ref_id}: final tgs_map {df.ref_final.iloc[0]:.4f} (flip TTA, tuned threshold)  "
-          f"p_best {df.attrs['ref_p_best']:.2f}")
+          f"p_best {df.attrs['ref_p_best']:.2f}  lost fp/fn/s/m/l {lost(ref_id)}")
     for r in df.itertuples():
         mark = " *" if r.significant else ""
         print(f"{r.run_id}: final {r.final:.4f}  diff {r.diff_mean:+.4f} "
-              f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{mark}  p_best {r.p_best:.2f}")
+              f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{mark}  p_best {r.p_best:.2f}  lost fp/fn/s/m/l {lost(r.run_id)}")
     print(f"diff: final minus the reference's, 95% paired bootstrap interval over the {df.attrs['n_images']} "
           f"validation images ({n} resamples); * it excludes 0. Each run is one training replicate, so the "
           "interval covers image sampling only, not seed-to-seed training noise (for that: an ablation with "
-          "seeds >= 2). p_best: share of resamples in which the run has the best mean.")
+          "seeds >= 2). p_best: share of resamples in which the run has the best mean. lost fp/fn/s/m/l: "
+          "where the final score falls short of 1 (empty images given a mask, salt images predicted empty, "
+          "shapes of small/medium/large masks; README \"Where the score is lost\").")
     return df
 
 

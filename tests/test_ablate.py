@@ -212,8 +212,9 @@ def test_small_ablation_end_to_end_restart_and_rest_review(tiny_synth, tmp_path)
     assert cmp.returncode == 0, cmp.stderr[-3000:]
     r = summary.loc[1]
     assert (f"{kids['upsampling_nearest']}: final {r.final_mean:.4f}  diff {r.diff_mean:+.4f} "
-            f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{' *' if r.significant else ''}  p_best {r.p_best:.2f}") in cmp.stdout, \
-        cmp.stdout
+            f"[{r.diff_lo:+.4f}, {r.diff_hi:+.4f}]{' *' if r.significant else ''}  p_best {r.p_best:.2f}  "
+            f"lost fp/fn/s/m/l {r.gap_empty_fp_mean:.3f}/{r.gap_empty_fn_mean:.3f}/{r.gap_small_mean:.3f}/"
+            f"{r.gap_medium_mean:.3f}/{r.gap_large_mean:.3f}") in cmp.stdout, cmp.stdout
     assert "covers image sampling only" in cmp.stdout
 
     first_wall = client.get_run(parent_id).data.metrics["wall_time_s"]
