@@ -56,7 +56,7 @@ class AblationPlan:
     experiment: str
     profile: Path | None = None
     folds: list[int] = field(default_factory=lambda: [0])
-    legacy_hash: str = ""  # the hash older versions gave this plan (``Config.hash``): found again by it
+    path_hash: str = ""  # the hash from the children's path hashes (``Config.path_hash``): found by it too
 
     @property
     def n_seeds(self) -> int:
@@ -108,17 +108,17 @@ def plan(config_file: str | Path | None, overrides=(), seeds: int | None = None)
                     raise ConfigError(f"{f}: variant '{name}': {e}") from None
                 label = _label(name, seed, cfg.data.fold, len(folds))
                 children.append(Child(name, seed, cfg, over, label=label))
-    h, legacy = (_plan_hash(children, len(folds), legacy) for legacy in (False, True))
+    h, by_path = (_plan_hash(children, len(folds), by_path) for by_path in (False, True))
     return AblationPlan(f, children, list(variants), boot, h, base.tracking.experiment,
-                        Path(profile) if profile else None, folds, legacy_hash=legacy)
+                        Path(profile) if profile else None, folds, path_hash=by_path)
 
 
-def _plan_hash(children: list[Child], n_folds: int, legacy: bool) -> str:
-    """The ablation's hash, from its children's config hashes (``Config.hash``; ``legacy``: as older
-    versions computed them). One fold: the hash of the ablations made before `folds` existed (the fold is
-    in each config's hash)."""
-    key = [[c.variant, c.seed, c.cfg.hash(legacy=legacy)] if n_folds == 1
-           else [c.variant, c.seed, c.fold, c.cfg.hash(legacy=legacy)] for c in children]
+def _plan_hash(children: list[Child], n_folds: int, by_path: bool) -> str:
+    """The ablation's hash, from its children's config hashes (``Config.hash``; ``by_path``: their path
+    hashes). One fold: the hash of the ablations made before `folds` existed (the fold is in each
+    config's hash)."""
+    key = [[c.variant, c.seed, c.cfg.hash(by_path=by_path)] if n_folds == 1
+           else [c.variant, c.seed, c.fold, c.cfg.hash(by_path=by_path)] for c in children]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
 
 
@@ -293,7 +293,7 @@ def _find_or_create_parent(uri, p: AblationPlan, resume: str | None):
               **{k: v for k, v in p.children[0].cfg.flat().items()
                  if not k.startswith(("model.", "decoder.")) and not (k == "data.fold" and len(p.folds) > 1)}}
     spec = ParentSpec("ablation", p.hash, p.experiment, "ablation", tags={"segnet.reference": p.variants[0]},
-                      aliases=(p.legacy_hash,),
+                      path_hash=p.path_hash,
                       params=params, texts={"ablation.yaml": Path(p.file).read_text()},
                       resume_hint="resume it with the same file, seeds and overrides", who="ablate")
     return find_or_create_parent(uri, spec, resume)
@@ -372,8 +372,10 @@ def summarize(uri, p: AblationPlan | Recorded, parent_id: str) -> tuple[pd.DataF
         sub = runs_df[runs_df.variant == b["variant"]]
         row = dict(b)
         for k in list(SUMMARY_METRICS) + ["train_images_per_s", "epoch_time_s"]:
-            row[f"{k}_mean"] = sub[k].mean()
-            row[f"{k}_std"] = sub[k].std(ddof=1) if len(sub) > 1 else 0.0
+            # where the score is lost must add up with final_mean: NaN unless every replicate measured it
+            skipna = k not in GAP_PARTS
+            row[f"{k}_mean"] = sub[k].mean(skipna=skipna)
+            row[f"{k}_std"] = sub[k].std(ddof=1, skipna=skipna) if len(sub) > 1 else 0.0
         out.append(row)
     summary = pd.DataFrame(out)
     summary.attrs["verdict"] = {**boot.lead(), "n_images": boot.n_images, "bootstrap": p.bootstrap}

@@ -76,7 +76,7 @@ class ParentSpec:
     texts: dict = field(default_factory=dict)
     resume_hint: str = "resume it with the same config and overrides"
     who: str = ""  # the prefix of its progress lines; default the role
-    aliases: tuple = ()  # other hashes that name the same parent (what older versions tagged it with)
+    path_hash: str = ""  # the same with data.dir as written (``Config.path_hash``): tagged too, found by it
 
     def __post_init__(self) -> None:
         self.who = self.who or self.role
@@ -86,9 +86,20 @@ class ParentSpec:
         return f"segnet.{self.role}_hash"
 
     @property
-    def hashes(self) -> list[str]:
-        """The hash, then the aliases: a parent tagged with any of them is this one."""
-        return list(dict.fromkeys(h for h in (self.hash, *self.aliases) if h))
+    def path_tag(self) -> str:
+        return f"segnet.{self.role}_path_hash"
+
+    def filters(self) -> list[str]:
+        """Each search that finds this parent: its hash tag is the hash or the path hash (which versions
+        before the data fingerprint, and hosts without the data, give), or its path hash tag is ours."""
+        hashes = dict.fromkeys(h for h in (self.hash, self.path_hash) if h)
+        return [f"tags.`{self.hash_tag}` = '{h}'" for h in hashes] + (
+            [f"tags.`{self.path_tag}` = '{self.path_hash}'"] if self.path_hash else [])
+
+    def is_mine(self, tags: dict) -> bool:
+        """Whether a parent run with these tags is this one (what ``filters`` find)."""
+        return tags.get(self.hash_tag) in {h for h in (self.hash, self.path_hash) if h} or bool(
+            self.path_hash and tags.get(self.path_tag) == self.path_hash)
 
 
 def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
@@ -100,21 +111,22 @@ def find_or_create_parent(uri: str, spec: ParentSpec, resume: str | None):
     _check_runs_dir()
     if resume:
         info = tracking.get_run(uri, resume)
-        if info.data.tags.get(spec.hash_tag) not in spec.hashes:
+        if not spec.is_mine(info.data.tags):
             raise SegnetError(f"{spec.role} run '{resume}' was made from another {spec.role} config; "
                               f"{spec.resume_hint}")
         lock = locks.lock_run(run_dir(resume), f"{spec.role} {resume}")
         return tracking.reopen_run(uri, resume), lock
-    found = [r for h in spec.hashes for r in tracking.find_runs(uri, spec.experiment, f"tags.`{spec.hash_tag}` = '{h}'")
-             if r.data.tags.get("segnet.role") == spec.role]
-    found.sort(key=lambda r: r.info.start_time, reverse=True)  # the newest, whichever hash tags it
+    found = {r.info.run_id: r for f in spec.filters() for r in tracking.find_runs(uri, spec.experiment, f)
+             if r.data.tags.get("segnet.role") == spec.role}
+    found = sorted(found.values(), key=lambda r: r.info.start_time, reverse=True)  # the newest, however tagged
     if found:
         run_id = found[0].info.run_id
         lock = locks.lock_run(run_dir(run_id), f"{spec.role} {run_id} (same config hash)")
         print(f"{spec.who}: continuing {spec.role} {run_id} (same config hash)", flush=True)
         return tracking.reopen_run(uri, run_id), lock
     parent = tracking.create_run(uri, spec.experiment, f"{spec.name}-{time.strftime('%m%d-%H%M%S')}",
-                                 {"segnet.role": spec.role, spec.hash_tag: spec.hash, **spec.tags})
+                                 {"segnet.role": spec.role, spec.hash_tag: spec.hash,
+                                  **({spec.path_tag: spec.path_hash} if spec.path_hash else {}), **spec.tags})
     try:
         lock = locks.try_lock(run_dir(parent.run_id))
         parent.log_params(spec.params)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from segnet import paths
-from segnet.errors import ConfigError
+from segnet.errors import ConfigError, DataError
 from segnet.losses import LOSSES
 
 
@@ -131,20 +132,16 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self, *, legacy: bool = False) -> str:
+    def hash(self, *, by_path: bool = False) -> str:
         """Short hash of the resolved config, minus the keys that do not change the result.
 
-        A ``data.dir`` that holds a dataset counts by the dataset's fingerprint, not by how the path is
-        spelled (``../shared/x``, ``/abs/shared/x`` and a symlink to it are one experiment, on any machine
-        that has the same data). ``legacy``: the hash before that (the path as written), which runs and
-        parents made by older versions are tagged with; ``hashes()`` gives both to look them up."""
+        A ``data.dir`` that holds a dataset here counts by the dataset's fingerprint, not by how the path
+        is spelled (``../shared/x``, ``/abs/shared/x`` and a symlink to it are one experiment).
+        ``by_path`` (``path_hash()``): ``data.dir`` as written, what this gives where the folder is not
+        (a planning host without the data) and what versions before the fingerprint tagged runs with."""
         d = self.flat()
-        if not legacy and d.get("data.dir") not in (None, ""):
-            from segnet.data.tgs import fingerprint
-
-            root = Path(str(d["data.dir"])).expanduser()
-            if (root / "train.csv").is_file():
-                d["data.dir"] = f"fingerprint:{fingerprint(root)}"
+        if not by_path and (identity := _data_identity(d.get("data.dir"))):
+            d["data.dir"] = identity
         for k in ("train.resume", "tracking.uri", "tracking.run_name", "tracking.log_model", "tracking.register",
                   "tracking.system_metrics", "cluster.cpus_per_child", "cluster.gpus_per_child"):
             d.pop(k, None)
@@ -153,9 +150,13 @@ class Config:
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
+    def path_hash(self) -> str:
+        """The hash with ``data.dir`` as written (see ``hash``): runs and parents are tagged with it too."""
+        return self.hash(by_path=True)
+
     def hashes(self) -> list[str]:
-        """``hash()``, then the legacy hash when it differs: what a run of this config may be tagged with."""
-        return list(dict.fromkeys([self.hash(), self.hash(legacy=True)]))
+        """``hash()``, then ``path_hash()`` when it differs: the tags that find a run of this config."""
+        return list(dict.fromkeys([self.hash(), self.path_hash()]))
 
     def variant(self) -> str:
         """Human label of the model variant: the decoder's (``transposed_k3``, ``upsampling_bilinear``), then
@@ -185,6 +186,29 @@ _CHOICES = {
     "train.strategy": ("auto", "one_device", "mirrored", "multi_worker"),
     "train.precision": ("float32", "mixed_float16"),
 }
+_FINGERPRINTS: dict[tuple, str] = {}  # (folder, its listing's mtimes) -> fingerprint, for Config.hash
+
+
+def _data_identity(data_dir) -> str | None:
+    """``fingerprint:<fp>`` of a ``data.dir`` that holds a dataset here, else None (unset, not on this
+    machine, unreadable). Cached per folder while train.csv and the image and mask folders are unchanged."""
+    if data_dir in (None, ""):
+        return None
+    from segnet.data.tgs import fingerprint
+
+    try:
+        root = Path(str(data_dir)).expanduser().resolve()
+        key = (str(root), *(os.stat(root / f).st_mtime_ns for f in ("train.csv", "train/images", "train/masks")
+                            if (root / f).exists()))
+        if not (root / "train.csv").is_file():
+            return None
+        if key not in _FINGERPRINTS:
+            _FINGERPRINTS[key] = fingerprint(root)
+    except (OSError, DataError):
+        return None
+    return f"fingerprint:{_FINGERPRINTS[key]}"
+
+
 # Keys added after configs were first hashed -> their default, left out of Config.hash() at that value.
 _ADDED_KEYS = {"model.scse": False, "model.hypercolumn": False, "model.deep_supervision": False,
                "model.encoder": "unet", "model.encoder_weights": None, "train.finetune_loss": "lovasz_hinge",

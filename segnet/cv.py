@@ -51,7 +51,7 @@ class CVPlan:
     children: list[Child]  # one per fold, in fold order
     hash: str
     profile: Path | None
-    legacy_hash: str = ""  # the hash older versions gave this plan (``Config.hash``): found again by it
+    path_hash: str = ""  # the hash from the folds' path hashes (``Config.path_hash``): found by it too
 
 
 def plan(config_file: str | Path | None = None, overrides=()) -> CVPlan:
@@ -63,9 +63,9 @@ def plan(config_file: str | Path | None = None, overrides=()) -> CVPlan:
     for k in range(base.data.n_folds):
         over = [*overrides, f"data.fold={k}"]
         children.append(_fold_child(load_config(config_file, over), over, k))
-    h, legacy = (hashlib.sha256(json.dumps(["cv", [c.cfg.hash(legacy=legacy) for c in children]]).encode())
-                 .hexdigest()[:12] for legacy in (False, True))
-    return CVPlan(base, children, h, Path(config_file) if config_file else None, legacy_hash=legacy)
+    h, by_path = (hashlib.sha256(json.dumps(["cv", [c.cfg.hash(by_path=by_path) for c in children]]).encode())
+                  .hexdigest()[:12] for by_path in (False, True))
+    return CVPlan(base, children, h, Path(config_file) if config_file else None, path_hash=by_path)
 
 
 def _fold_child(cfg: Config, over: list[str], k: int) -> Child:
@@ -75,7 +75,7 @@ def _fold_child(cfg: Config, over: list[str], k: int) -> Child:
 
 def _parent_spec(p: CVPlan) -> ParentSpec:
     cfg = p.base
-    return ParentSpec("cv", p.hash, cfg.tracking.experiment, f"cv-{cfg.variant()}", aliases=(p.legacy_hash,),
+    return ParentSpec("cv", p.hash, cfg.tracking.experiment, f"cv-{cfg.variant()}", path_hash=p.path_hash,
                       tags={"segnet.variant": cfg.variant(), "segnet.decoder": cfg.model.decoder},
                       params={k: v for k, v in cfg.flat().items() if k != "data.fold"},
                       texts={"config.yaml": cfg.to_yaml()},

@@ -566,7 +566,8 @@ def log_children_inputs(parent: Run, child_run_ids, context: str) -> int:
 
     seen = {}
     for run_id in dict.fromkeys(child_run_ids):
-        for di in parent.client.get_run(run_id).inputs.dataset_inputs:
+        inputs = parent.client.get_run(run_id).inputs  # None from some stores when a run has none
+        for di in (inputs.dataset_inputs if inputs else []):
             if {t.key: t.value for t in di.tags}.get(MLFLOW_DATASET_CONTEXT) == "training":
                 seen.setdefault((di.dataset.name, di.dataset.digest), di.dataset)
     if seen:

@@ -138,9 +138,11 @@ def _check_runs_dir() -> None:
 def _config_runs(cfg: Config, uri: str) -> list:
     from segnet import tracking
 
-    runs = [r for h in cfg.hashes() for r in tracking.find_runs(
-        uri, cfg.tracking.experiment, f"tags.`segnet.config_hash` = '{h}'", max_results=1000)]
-    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)  # newest first, as find_runs
+    filters = [f"tags.`segnet.config_hash` = '{h}'" for h in cfg.hashes()]
+    filters.append(f"tags.`segnet.config_path_hash` = '{cfg.path_hash()}'")  # made where the data was
+    runs = {r.info.run_id: r for f in filters for r in tracking.find_runs(uri, cfg.tracking.experiment, f,
+                                                                          max_results=1000)}
+    return sorted(runs.values(), key=lambda r: r.info.start_time, reverse=True)  # newest first, as find_runs
 
 
 def find_resumable(cfg: Config, uri: str, parent_run_id: str | None = None) -> tuple[str, locks.RunLock] | None:
@@ -194,6 +196,7 @@ def open_run(cfg: Config, uri: str, data, parent_run_id: str | None, extra_tags:
             "segnet.dataset": data.kind,
             "segnet.data_fingerprint": data.fingerprint,
             "segnet.config_hash": cfg.hash(),
+            "segnet.config_path_hash": cfg.path_hash(),
             **(extra_tags or {}),
         }
         name = cfg.tracking.run_name or f"{cfg.variant()}-{time.strftime('%m%d-%H%M%S')}"

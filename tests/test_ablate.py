@@ -100,8 +100,10 @@ def test_summary_table_shows_the_final_scores_the_interval_compares():
     assert "lost fp/fn/s/m/l: where the final score falls short of 1" in text
 
 
-def _fake_ablation(monkeypatch, per_run: dict):
-    """``summarize`` over fake finished child runs: {(variant, seed, fold or None): per-image scores}."""
+def _fake_ablation(monkeypatch, per_run: dict, unlogged: dict | None = None):
+    """``summarize`` over fake finished child runs: {(variant, seed, fold or None): per-image scores}; each
+    run's metrics are its mean score, but those ``unlogged`` {key: [metric, ...]} names (a run logged before
+    segnet measured them)."""
     from types import SimpleNamespace as NS
 
     from segnet import ablate, tracking
@@ -109,7 +111,8 @@ def _fake_ablation(monkeypatch, per_run: dict):
     runs = []
     for k, ((v, seed, fold), scores) in enumerate(per_run.items()):
         tags = {"segnet.variant": v, "segnet.seed": str(seed), **({"segnet.fold": str(fold)} if fold is not None else {})}
-        metrics = {m: float(np.mean(scores)) for m in SUMMARY_METRICS.values()}
+        metrics = {m: float(np.mean(scores)) for m in SUMMARY_METRICS.values()
+                   if m not in (unlogged or {}).get((v, seed, fold), [])}
         runs.append(NS(info=NS(run_id=f"{k:032x}", status="FINISHED"),
                        data=NS(tags=tags, metrics=metrics, params={"data.fold": "0"})))
     scores = {r.info.run_id: s for r, s in zip(runs, per_run.values(), strict=True)}
@@ -119,6 +122,22 @@ def _fake_ablation(monkeypatch, per_run: dict):
     variants = list(dict.fromkeys(v for v, _, _ in per_run))
     p = NS(experiment="test", variants=variants, bootstrap=500, children=[NS(cfg=NS(data=NS(fold=0)))])
     return ablate.summarize("sqlite://", p, "parent")
+
+
+def test_a_variant_shows_where_its_score_is_lost_only_when_every_replicate_measured_it(monkeypatch):
+    """A resumed ablation whose older children have no val_gap_* metrics: that variant's gap means are
+    NaN (they must add up with final_mean, which covers every replicate), the other metrics still average."""
+    ids = [f"im{i}" for i in range(50)]
+    s = lambda x: pd.Series(x, index=ids)  # noqa: E731
+    base = np.linspace(0.2, 0.9, 50)
+    summary, _ = _fake_ablation(monkeypatch, {("ref", 42, None): s(base), ("ref", 43, None): s(base),
+                                              ("new", 42, None): s(base + 0.05), ("new", 43, None): s(base + 0.1)},
+                                unlogged={("ref", 42, None): ["val_gap_empty_fp"]})
+    row = summary.set_index("variant")
+    assert np.isnan(row.gap_empty_fp_mean["ref"]) and np.isnan(row.gap_empty_fp_std["ref"])
+    assert row.gap_small_mean["ref"] == pytest.approx(base.mean())  # measured by both replicates
+    assert row.gap_empty_fp_mean["new"] == pytest.approx(base.mean() + 0.075)
+    assert "| nan/" in summary_markdown(summary).splitlines()[2]
 
 
 def test_summary_csv_columns_replicates_and_verdict(monkeypatch):

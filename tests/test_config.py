@@ -145,7 +145,10 @@ def test_hash_ignores_resume_and_changes_with_the_model():
 
 def test_hash_counts_a_dataset_folder_by_its_data_not_its_spelling(tmp_path, monkeypatch):
     """`make cv DATA=../x` restarted as `DATA=/abs/x/` (or through a symlink) is the same experiment; the
-    legacy hash (the spelling, what older versions tagged runs with) is kept to find their runs."""
+    path hash (the spelling: what older versions tagged runs with, and what a host without the folder
+    computes) comes along to find those runs."""
+    import shutil
+
     from segnet.data.synthetic import generate
 
     data = generate(tmp_path / "d", n=8, seed=0, progress=False)
@@ -154,14 +157,26 @@ def test_hash_counts_a_dataset_folder_by_its_data_not_its_spelling(tmp_path, mon
     spellings = [str(data), f"{data}/", "../d", ".", str(tmp_path / "link")]
     cfgs = [load_config(None, [f"data.dir={d}"]) for d in spellings]
     assert len({c.hash() for c in cfgs}) == 1
-    assert len({c.hash(legacy=True) for c in cfgs}) == len(spellings)  # older versions: one per spelling
-    assert cfgs[2].hashes() == [cfgs[0].hash(), cfgs[2].hash(legacy=True)]
+    assert len({c.path_hash() for c in cfgs}) == len(spellings)  # by path: one per spelling
+    assert cfgs[2].hashes() == [cfgs[0].hash(), cfgs[2].path_hash()]
     other = generate(tmp_path / "e", n=8, seed=1, progress=False)
     assert load_config(None, [f"data.dir={other}"]).hash() != cfgs[0].hash()  # other data, other experiment
-    # no dataset there (yet), or no data.dir: the hash is the legacy one
+    # the data changes (an image more): another experiment, though the cache has seen the folder
+    before = cfgs[0].hash()
+    shutil.copy(data / "train" / "images" / f"{_first_id(data)}.png", data / "train" / "images" / "extra.png")
+    with open(data / "train.csv", "a") as f:
+        f.write("extra,\n")
+    assert cfgs[0].hash() != before
+    # no dataset there (moved away, or never on this host), or no data.dir: the hash is the path hash
     missing = load_config(None, [f"data.dir={tmp_path / 'none'}"])
-    assert missing.hashes() == [missing.hash(legacy=True)]
-    assert load_config().hashes() == [load_config().hash(legacy=True)]
+    assert missing.hashes() == [missing.path_hash()]
+    assert load_config().hashes() == [load_config().path_hash()]
+    (tmp_path / "d").rename(tmp_path / "moved")
+    assert cfgs[0].hashes() == [cfgs[0].path_hash()]
+
+
+def _first_id(root) -> str:
+    return sorted(p.stem for p in (root / "train" / "images").glob("*.png"))[0]
 
 
 def test_flat_params_cover_every_key():

@@ -58,19 +58,20 @@ def test_ablation_over_all_folds_plans_variant_seed_fold(tmp_path):
     assert [c.fold for c in ablation_plan(_ablation(tmp_path, folds=[2, 0])).children[:2]] == [2, 0]
 
 
-def test_plans_hash_a_data_folder_by_its_data_and_keep_the_legacy_hash(tiny_synth, tmp_path, monkeypatch):
+def test_plans_hash_a_data_folder_by_its_data_and_keep_the_path_hash(tiny_synth, tmp_path, monkeypatch):
     """An ablation or a cv restarted with data.dir spelled another way continues the same parent: the
-    plan hash follows the data, and the legacy hash (older versions') is what finds their parents."""
+    plan hash follows the data; the path hash (from the children's path hashes, what older versions
+    computed) is what finds parents made by them or on a host without the data."""
     monkeypatch.chdir(tiny_synth.parent)
     rel, absolute = ["data.dir=synthetic"], [f"data.dir={tiny_synth}/"]
     a, b = ablation_plan(_ablation(tmp_path), rel), ablation_plan(_ablation(tmp_path), absolute)
-    assert a.hash == b.hash and a.legacy_hash != b.legacy_hash
-    old = [[c.variant, c.seed, c.cfg.hash(legacy=True)] for c in a.children]  # as older versions computed it
-    assert a.legacy_hash == hashlib.sha256(json.dumps(old).encode()).hexdigest()[:12]
+    assert a.hash == b.hash and a.path_hash != b.path_hash
+    old = [[c.variant, c.seed, c.cfg.path_hash()] for c in a.children]  # as older versions computed it
+    assert a.path_hash == hashlib.sha256(json.dumps(old).encode()).hexdigest()[:12]
     c, d = cv_plan(None, [*rel, "data.n_folds=2"]), cv_plan(None, [*absolute, "data.n_folds=2"])
-    assert c.hash == d.hash and c.legacy_hash != d.legacy_hash
-    assert c.legacy_hash == hashlib.sha256(json.dumps(
-        ["cv", [k.cfg.hash(legacy=True) for k in c.children]]).encode()).hexdigest()[:12]
+    assert c.hash == d.hash and c.path_hash != d.path_hash
+    assert c.path_hash == hashlib.sha256(json.dumps(
+        ["cv", [k.cfg.path_hash() for k in c.children]]).encode()).hexdigest()[:12]
 
 
 @pytest.mark.parametrize("folds", [[3], [0, 0], "some", [], [True]])

@@ -207,6 +207,8 @@ def test_score_table():
     np.testing.assert_array_equal(df["pred_coverage"], [4 / 16, 0.0])
     with pytest.raises(ValueError):
         score_table(["a"], t, t)
+    none = score_table([], t[:0], t[:0])  # no images: an empty table, no error
+    assert len(none) == 0 and list(none.columns) == list(df.columns)
 
 
 def test_sigmoid_is_finite_and_silent_for_extreme_logits():

@@ -174,32 +174,56 @@ def test_resume_only_takes_over_a_run_of_the_same_parent(tmp_path, monkeypatch):
     assert find_resumable(cfg, uri, "another-parent") is None
 
 
-def test_resume_finds_a_run_tagged_with_the_legacy_hash(tmp_path, monkeypatch, tiny_synth):
-    """A run an older version tagged with its data.dir's spelling (``Config.hash(legacy=True)``) is still
-    resumed; and a parent (ablation, cv) is found by its legacy hash as by its new one."""
+def test_resume_finds_runs_by_data_or_by_path(tmp_path, monkeypatch, tiny_synth):
+    """Runs and parents are found by the data's hash and by the path hash: a run an older version tagged
+    with the path hash only; a run made where the data is, looked for from a host without the folder (its
+    config hashes by path there); a parent likewise."""
+    import shutil
+
     from segnet import tracking
     from segnet.children import ParentSpec, find_or_create_parent
     from segnet.train import find_resumable
 
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = load_config(None, ["tracking.experiment=test", f"data.dir={tiny_synth}"])
-    assert cfg.hash() != cfg.hash(legacy=True)
-    old = tracking.create_run(uri, "test", "old", {"segnet.config_hash": cfg.hash(legacy=True)})
-    (paths.RUNS_DIR / old.run_id).mkdir(parents=True)
-    (paths.RUNS_DIR / old.run_id / "state.json").write_text("{}")
-    old.end("KILLED")
-    found, lock = find_resumable(cfg, uri, None)
-    lock.release()
-    assert found == old.run_id
+    data = shutil.copytree(tiny_synth, tmp_path / "data")
+    cfg = load_config(None, ["tracking.experiment=test", f"data.dir={data}"])
+    assert cfg.hash() != cfg.path_hash()
 
-    legacy_parent = tracking.create_run(uri, "test", "cv-old", {"segnet.role": "cv", "segnet.cv_hash": "legacy1"})
-    legacy_parent.end("KILLED")
-    spec = ParentSpec("cv", "new1", "test", "cv", aliases=("legacy1",))
-    for resume in (None, legacy_parent.run_id):
-        parent, lock = find_or_create_parent(uri, spec, resume)
-        lock.release()
-        assert parent.run_id == legacy_parent.run_id
-    unrelated = ParentSpec("cv", "new2", "test", "cv", aliases=("legacy2",))
+    def killed_run(name: str, tags: dict) -> str:
+        r = tracking.create_run(uri, "test", name, tags)
+        (paths.RUNS_DIR / r.run_id).mkdir(parents=True)
+        (paths.RUNS_DIR / r.run_id / "state.json").write_text("{}")
+        r.end("KILLED")
+        return r.run_id
+
+    def resumable(c) -> str | None:
+        found = find_resumable(c, uri, None)
+        if found is None:
+            return None
+        found[1].release()
+        return found[0]
+
+    old = killed_run("old", {"segnet.config_hash": cfg.path_hash()})  # an older version's tags
+    assert resumable(cfg) == old
+    new = killed_run("new", {"segnet.config_hash": cfg.hash(), "segnet.config_path_hash": cfg.path_hash()})
+    assert resumable(cfg) == new  # the newest of both
+    data.rename(tmp_path / "elsewhere")  # a host without the folder: the config hashes by path
+    assert cfg.hashes() == [cfg.path_hash()] and resumable(cfg) == new
+
+    spec = ParentSpec("cv", "datahash", "test", "cv", path_hash="pathhash")
+    made, lock = find_or_create_parent(uri, spec, None)
+    lock.release()
+    made.end("KILLED")
+    assert tracking.get_run(uri, made.run_id).data.tags["segnet.cv_path_hash"] == "pathhash"
+    older = tracking.create_run(uri, "test", "cv-old", {"segnet.role": "cv", "segnet.cv_hash": "pathhash2"})
+    older.end("KILLED")
+    no_data = ParentSpec("cv", "pathhash", "test", "cv", path_hash="pathhash")
+    old_spec = ParentSpec("cv", "datahash2", "test", "cv", path_hash="pathhash2")
+    for s, want in ((no_data, made.run_id), (old_spec, older.run_id)):
+        for resume in (None, want):
+            parent, lock = find_or_create_parent(uri, s, resume)
+            lock.release()
+            assert parent.run_id == want
     with pytest.raises(SegnetError, match="another cv config"):
-        find_or_create_parent(uri, unrelated, legacy_parent.run_id)
+        find_or_create_parent(uri, ParentSpec("cv", "x", "test", "cv", path_hash="y"), made.run_id)

@@ -221,8 +221,8 @@ def score_table(ids: Sequence[str], truth: np.ndarray, pred: np.ndarray):
     pixels = truth[0].size if len(truth) else 1
     return pd.DataFrame(
         {"id": ids, "iou": _iou_from_counts(inter, union), "tgs": _tgs_from_counts(inter, union),
-         "coverage": truth.reshape(len(truth), -1).sum(axis=1) / pixels,
-         "pred_coverage": pred.reshape(len(pred), -1).sum(axis=1) / pixels}
+         "coverage": np.count_nonzero(truth, axis=(1, 2)) / pixels,
+         "pred_coverage": np.count_nonzero(pred, axis=(1, 2)) / pixels}
     )
 
 
