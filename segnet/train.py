@@ -428,7 +428,7 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
     apply = None if state is not None else encoder_init or encoder_weights(cfg)
     with strategy.scope():
         if state is not None:
-            model = keras.models.load_model(rdir / state.checkpoint)
+            model = load_checkpoint(rdir / state.checkpoint, initial=state.epoch < 0)
         else:
             model = build_model(cfg)
             if apply is not None:
@@ -446,6 +446,20 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
     run.log_metrics({"params_count": count_params(model), "artifact_const_response_init": state.const_init})
     _save_checkpoint(model, state, rdir, improved=False)
     return model, state
+
+
+def load_checkpoint(path: Path, initial: bool = False):
+    """A checkpoint as a compiled Keras model. ``initial``: the one saved before the first epoch, whose
+    optimizer has no state yet (Keras warns that it skips loading the optimizer's variables: there are
+    none to load, so that warning is silenced there and only there)."""
+    import warnings
+
+    import keras
+
+    with warnings.catch_warnings():
+        if initial:
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.models.load_model(path)
 
 
 def _save_checkpoint(model, state: TrainState, rdir: Path, improved: bool, snapshot: int | None = None) -> None:

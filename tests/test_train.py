@@ -227,3 +227,30 @@ def test_resume_finds_runs_by_data_or_by_path(tmp_path, monkeypatch, tiny_synth)
             assert parent.run_id == want
     with pytest.raises(SegnetError, match="another cv config"):
         find_or_create_parent(uri, ParentSpec("cv", "x", "test", "cv", path_hash="y"), made.run_id)
+
+
+def test_resuming_the_initial_checkpoint_is_silent(tmp_path):
+    """A run killed in its first epoch resumes from the model saved before it, whose optimizer has no
+    state yet: no Keras warning about skipped optimizer variables there; a later checkpoint still loads
+    its optimizer's state."""
+    import warnings
+
+    import keras
+
+    from segnet.models import build_model
+    from segnet.train import compile_model, load_checkpoint
+
+    cfg = load_config(None, ["data.size=32", "model.filters=4", "model.depth=2"])
+    model = build_model(cfg)
+    compile_model(model, keras.optimizers.Adam(1e-3), cfg.train.loss)
+    model.save(tmp_path / "last_e0000.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_checkpoint(tmp_path / "last_e0000.keras", initial=True)
+    assert not [w for w in caught if "optimizer" in str(w.message)], [str(w.message) for w in caught]
+    x = np.zeros((2, 32, 32, 1), np.float32)
+    loaded.fit(x, {k: np.zeros((2, 32, 32, 1), np.float32) for k in loaded.output_names} if len(loaded.outputs) > 1
+               else np.zeros((2, 32, 32, 1), np.float32), epochs=1, verbose=0)
+    loaded.save(tmp_path / "last_e0001.keras")
+    again = load_checkpoint(tmp_path / "last_e0001.keras")
+    assert again.optimizer.iterations.numpy() == 1  # the optimizer's state came back
