@@ -58,7 +58,7 @@ install: $(STAMP) ## create .venv and install segnet with its dev tools and Ray 
 data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist, else explain how and generate data/synthetic
 	$(PY) -m segnet data get
 
-test: $(STAMP) ## run the fast test suite (tiny synthetic inputs; ~20-30 min on 2 CPU cores: most tests run segnet as separate processes)
+test: $(STAMP) ## run the fast test suite (tiny synthetic inputs; ~25-35 min on 2 CPU cores: most tests run segnet as separate processes)
 	$(PY) -m pytest -q --durations=20
 
 test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)

@@ -65,6 +65,17 @@ def run(args: list[str], tmp_path: Path, env: dict | None = None, timeout: float
                           env=env or segnet_env(tmp_path), cwd=paths.ROOT, timeout=timeout)
 
 
+def run_at_once(argvs: list[list[str]], tmp_path: Path, env: dict | None = None,
+                timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Independent commands (each as ``run``) started together, their results in order: a process spends
+    its first seconds importing TensorFlow on one core, so two at once take little more than one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(argvs)) as pool:
+        futures = [pool.submit(run, argv, tmp_path, env, timeout) for argv in argvs]
+        return [f.result() for f in futures]
+
+
 def wait_for_state(proc: subprocess.Popen | None, runs_dir: Path, epoch: int, timeout: float = 300,
                    exact: bool = False) -> Path:
     """The first run folder whose resume state reached ``epoch`` (-1: the state written before epoch 1)."""
@@ -199,10 +210,14 @@ def ray_head(cpus: int = 2, timeout: float = 120) -> Iterator[str]:
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, *extra: str, cwd: Path | None = None, timeout: float = 120) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, in its own session; yields its base URL and stops
-    the whole process group (uvicorn workers, job runner, huey consumers) afterwards."""
+    the whole process group (uvicorn workers) afterwards. MLflow's job runner (seven more processes that
+    import MLflow, for its GenAI jobs: nothing segnet or these tests use) is left off: the tracking REST
+    API, the artifact proxy and the registry are the same without it, and the server is up in half the
+    time. `segnet ui` (tests/test_ui.py) starts the server exactly as users get it, job runner included."""
     port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-                             "--host", "127.0.0.1", "--port", str(port), *extra], cwd=cwd,
+                             "--host", "127.0.0.1", "--port", str(port), *extra], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

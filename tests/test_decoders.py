@@ -395,12 +395,16 @@ def test_a_decoder_file_is_picked_up_without_touching_another_file(tiny_synth, t
     def segnet(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=copy, timeout=600)
 
-    checked = segnet("-c", _CHECK, name, str(ablation), str(copy))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:  # three independent processes, at once
+        checked, shapes, trained = pool.map(lambda args: segnet(*args), [
+            ("-c", _CHECK, name, str(ablation), str(copy)),
+            ("-m", "segnet", "shapes", f"model.decoder={name}", "model.depth=3", "model.filters=4"),
+            ("-m", "segnet", "train", *tiny_overrides(tiny_synth, epochs=1), f"model.decoder={name}")])
     assert checked.returncode == 0 and f"checked {name}" in checked.stdout, checked.stderr[-3000:]
-    shapes = segnet("-m", "segnet", "shapes", f"model.decoder={name}", "model.depth=3", "model.filters=4")
     assert shapes.returncode == 0, shapes.stderr[-3000:]
     assert f"unet_{name}" in shapes.stdout and "unevenness (max-min)/max = 0.00" in shapes.stdout
-    trained = segnet("-m", "segnet", "train", *tiny_overrides(tiny_synth, epochs=1), f"model.decoder={name}")
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
     assert "run_id:" in trained.stdout + trained.stderr
     assert not (Path(decoders_pkg.__file__).parent / f"{name}.py").exists(), "the checkout's package was written to"

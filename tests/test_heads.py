@@ -19,7 +19,7 @@ from segnet import paths
 from segnet.config import load_config
 from segnet.models import DECODERS, ENCODERS, build_model, heads
 from segnet.models.layers import EmptyGate
-from tests.procs import run, run_statuses, tiny_overrides
+from tests.procs import run, run_at_once, run_statuses, tiny_overrides
 
 ALL_HEADS = ["model.scse=true", "model.hypercolumn=true", "model.deep_supervision=true"]
 
@@ -162,12 +162,13 @@ def test_train_with_every_component_then_predict_evaluate_and_pyfunc_agree(tiny_
     assert metrics["snapshots"] == 2
     assert params["model.deep_supervision"] == "True" and params["model.encoder"] == "resnet"
 
-    predicted = run(["predict", "--run-id", run_id, "--images", str(tiny_synth / "train" / "images"),
-                     "--out", str(tmp_path / "sub.csv")], tmp_path)
+    predicted, evaluated = run_at_once([  # two independent commands, each its own process, at once
+        ["predict", "--run-id", run_id, "--images", str(tiny_synth / "train" / "images"),
+         "--out", str(tmp_path / "sub.csv")],
+        ["evaluate", "--run-id", run_id]], tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert "snapshot ensemble of 2" in predicted.stdout + predicted.stderr
     assert (tmp_path / "sub.csv").read_text().startswith("id,rle_mask")
-    evaluated = run(["evaluate", "--run-id", run_id], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
     cfg = load_config(None, over)

@@ -39,6 +39,11 @@ def tiny(data_dir: Path) -> list[str]:
             "tracking.experiment=journey"]
 
 
+# The journey's training also switches loss for its last epoch, as a user may configure it: the check of
+# tests/test_losses.py's (slow) twin, on this process instead of a training of its own.
+FINE_TUNE = ["train.loss=dice", "train.lovasz_epochs=1", "train.finetune_loss=bce"]
+
+
 class Journey:
     def __init__(self, tmp: Path, data: Path):
         self.tmp, self.data = tmp, data
@@ -69,11 +74,13 @@ class Journey:
 def journey(tiny_synth, tmp_path_factory) -> Journey:
     """`segnet train` on the tiny set: prints run_id."""
     j = Journey(tmp_path_factory.mktemp("journey"), tiny_synth)
-    out = j.segnet("train", *tiny(tiny_synth))
+    out = j.segnet("train", *tiny(tiny_synth), *FINE_TUNE)
     m = re.search(r"^run_id: ([0-9a-f]{32})$", out, re.M)
     assert m, out[-3000:]
     j.run_id = m.group(1)
     assert "best_val_tgs_map" in out
+    # the last epoch fine-tunes with the configured train.finetune_loss, not the default lovasz_hinge
+    assert "epoch 2: fine-tuning with bce" in out and "lovasz" not in out.replace("lovasz_epochs", ""), out[-3000:]
     return j
 
 

@@ -89,6 +89,7 @@ def test_what_each_loss_computes():
                                np.asarray(losses.bce(y, wrong)) + np.asarray(losses.dice(y, wrong)), rtol=1e-6)
 
 
+@pytest.mark.slow  # the fast suite checks the same on the journey's training (tests/test_journey.py, FINE_TUNE)
 def test_training_fine_tunes_with_the_configured_loss(tiny_synth, tmp_path):
     overrides = [*tiny_overrides(tiny_synth, epochs=2), "train.loss=dice", "train.lovasz_epochs=1",
                  "train.finetune_loss=bce"]

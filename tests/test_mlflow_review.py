@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import mlflow_server, ok, one_error, rest_get, rest_post, run, segnet_env, tiny_overrides
+from tests.procs import (
+    mlflow_server,
+    ok,
+    one_error,
+    rest_get,
+    rest_post,
+    run,
+    run_at_once,
+    segnet_env,
+    tiny_overrides,
+)
 
 MODEL = "segnet-test"
 
@@ -141,10 +151,12 @@ def test_register_gives_a_version_with_alias_and_tags(server, trained, registere
 def test_predict_by_model_alias_writes_the_same_submission(server, work, trained, registered, tiny_synth):
     images = str(tiny_synth / "test" / "images")
     by_run, by_model = work / "by_run.csv", work / "by_model.csv"
-    ok(_segnet(["predict", "--run-id", trained["info"]["run_id"], "--images", images, "--out", str(by_run)],
-                work, server))
-    out = ok(_segnet(["predict", "--model", f"models:/{MODEL}@champion", "--images", images,
-                       "--out", str(by_model)], work, server))
+    ran = run_at_once([  # two processes at once
+        ["predict", "--run-id", trained["info"]["run_id"], "--images", images, "--out", str(by_run)],
+        ["predict", "--model", f"models:/{MODEL}@champion", "--images", images, "--out", str(by_model)]],
+        work, env=_env(work, server))
+    ok(ran[0])
+    out = ok(ran[1])
     assert f"is run {trained['info']['run_id']}" in out
     assert by_model.read_text() == by_run.read_text() and len(by_run.read_text().splitlines()) == 5
 
@@ -166,14 +178,15 @@ def test_evaluate_by_model_on_another_folder_logs_that_folder(server, work, trai
 def test_register_and_model_errors_are_one_line(server, work, trained, registered):
     exp_id = trained["info"]["experiment_id"]
     bare = rest_post(server, "/api/2.0/mlflow/runs/create", {"experiment_id": exp_id})["run"]["info"]["run_id"]
-    assert "no logged model" in one_error(_segnet(["register", "--run-id", bare, "--name", MODEL], work, server))
-    assert "not found" in one_error(_segnet(["register", "--run-id", "0" * 32], work, server))
     images = str(work)
-    assert "no alias 'nope'" in one_error(_segnet(["predict", "--model", f"models:/{MODEL}@nope", "--images", images],
-                                               work, server))
-    assert "no registered model 'nope'" in one_error(_segnet(["evaluate", "--model", "models:/nope@champion"],
-                                                          work, server))
-    assert "exactly one of" in one_error(_segnet(["predict", "--images", images], work, server))
+    cases = [(["register", "--run-id", bare, "--name", MODEL], "no logged model"),
+             (["register", "--run-id", "0" * 32], "not found"),
+             (["predict", "--model", f"models:/{MODEL}@nope", "--images", images], "no alias 'nope'"),
+             (["evaluate", "--model", "models:/nope@champion"], "no registered model 'nope'"),
+             (["predict", "--images", images], "exactly one of")]
+    outs = run_at_once([argv for argv, _ in cases], work, env=_env(work, server))  # each its own process, at once
+    for (argv, says), out in zip(cases, outs, strict=True):
+        assert says in one_error(out), argv
 
 
 def test_ablation_registers_its_best_variants_best_seed(server, trained, monkeypatch, tmp_path):

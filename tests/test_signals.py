@@ -49,34 +49,42 @@ def test_three_trainings_at_once_on_a_new_store(tiny_synth, tmp_path):
     assert [e.name for e in c.search_experiments()] and len(c.search_runs([c.get_experiment_by_name("test").experiment_id])) == 3
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_ends_train_killed(sig, tiny_synth, tmp_path):
-    proc = spawn(["train", *tiny_overrides(tiny_synth), FOREVER], tmp_path)
-    wait_for_state(proc, tmp_path / "runs", 0)
-    t0 = time.time()
-    proc.send_signal(sig)
-    out = _finish(proc, timeout=120)
-    assert proc.returncode == 128 + sig, out[-3000:]
-    assert time.time() - t0 < 60
-    assert "Traceback" not in out
-    assert list(run_statuses(tmp_path).values()) == ["KILLED"]
-
-
-def test_resume_while_the_owner_lives_is_refused(tiny_synth, tmp_path):
+def test_resume_while_the_owner_lives_is_refused_and_a_signal_ends_train_killed(tiny_synth, tmp_path):
+    """Two trainings at once, each in its own folder and store. While they run, a resume of the first's
+    config is refused in one line and opens no run; then SIGTERM to the first and SIGINT (Ctrl-C) to the
+    second: each exits 128 + the signal within a minute, without a traceback, its run KILLED."""
     over = [*tiny_overrides(tiny_synth), FOREVER]
-    owner = spawn(["train", *over], tmp_path)
+    dirs = {sig: tmp_path / sig.name for sig in (signal.SIGTERM, signal.SIGINT)}
+    owners = {}
     try:
-        state = wait_for_state(owner, tmp_path / "runs", 0)
-        second = run(["train", *over, "train.resume=true"], tmp_path, timeout=300)
+        for sig, d in dirs.items():
+            d.mkdir()
+            owners[sig] = spawn(["train", *over], d)
+        states = {sig: wait_for_state(owners[sig], d / "runs", 0) for sig, d in dirs.items()}
+
+        d, owner = dirs[signal.SIGTERM], owners[signal.SIGTERM]
+        second = run(["train", *over, "train.resume=true"], d, timeout=300)
         assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
         err = [line for line in second.stderr.splitlines() if line.startswith("segnet:")]
-        assert len(err) == 1 and f"run {state.parent.name}" in err[0] and f"pid {owner.pid}" in err[0], second.stderr
+        name = states[signal.SIGTERM].parent.name
+        assert len(err) == 1 and f"run {name}" in err[0] and f"pid {owner.pid}" in err[0], second.stderr
         assert "still running" in err[0] and "Traceback" not in second.stderr
-        assert len(run_statuses(tmp_path)) == 1  # no second run was opened
+        assert len(run_statuses(d)) == 1  # no second run was opened
+
+        t0 = time.time()
+        for sig, proc in owners.items():
+            proc.send_signal(sig)
+        for sig, proc in owners.items():
+            out = _finish(proc, timeout=120)
+            assert proc.returncode == 128 + sig, (sig.name, out[-3000:])
+            assert time.time() - t0 < 60, sig.name
+            assert "Traceback" not in out, sig.name
+            assert list(run_statuses(dirs[sig]).values()) == ["KILLED"], sig.name
     finally:
-        owner.send_signal(signal.SIGTERM)
-        _finish(owner, timeout=120)
-    assert list(run_statuses(tmp_path).values()) == ["KILLED"]
+        for proc in owners.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def test_sigkill_then_resume_is_the_uninterrupted_run(tiny_synth, tmp_path):
