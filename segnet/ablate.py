@@ -391,7 +391,8 @@ def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd
     The runs need not belong to one ablation (different schedules, decoders, datasets options), but
     they must have been evaluated on the same validation images; an image missing from either is an error.
     One row per run: ``run_id, final, ref_final, diff_mean, diff_lo, diff_hi, interval, significant,
-    p_best``; the reference's ``p_best`` is in ``attrs["ref_p_best"]``.
+    p_best``; the reference's ``p_best`` is in ``attrs["ref_p_best"]``, every run's MLflow metrics in
+    ``attrs["metrics"]`` (run id -> {name: value}).
     """
     from segnet import tracking
 
@@ -403,8 +404,11 @@ def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd
             raise SegnetError(f"run '{run_id}' is given twice; compare distinct runs")
         seen.add(run_id)
 
+    metrics = {}
+
     def scores(run_id: str, tmp: str) -> pd.Series:
-        tracking.get_run(uri, run_id)  # an unknown id: "not found", not "has no artifact"
+        # an unknown id: "not found", not "has no artifact"
+        metrics[run_id] = tracking.get_run(uri, run_id).data.metrics
         return _val_scores(uri, run_id, tmp)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -422,7 +426,7 @@ def compare_runs(uri: str, ref_id: str, run_ids: list[str], n: int = 2000) -> pd
     keys = ["diff_mean", "diff_lo", "diff_hi", "interval", "significant", "p_best"]
     df = pd.DataFrame([{"run_id": run_id, "final": rows[run_id]["final_mean"], "ref_final": rows[ref_id]["final_mean"],
                         **{k: rows[run_id][k] for k in keys}} for run_id in run_ids])
-    df.attrs.update(ref_p_best=rows[ref_id]["p_best"], n_images=boot.n_images)
+    df.attrs.update(ref_p_best=rows[ref_id]["p_best"], n_images=boot.n_images, metrics=metrics)
     return df
 
 
@@ -434,7 +438,7 @@ def compare(ref_id: str, run_ids: list[str], n: int = 2000) -> pd.DataFrame:
     df = compare_runs(uri, ref_id, run_ids, n)
 
     def lost(run_id: str) -> str:  # where the run's final score is lost (runs logged before: n/a)
-        m = tracking.get_run(uri, run_id).data.metrics
+        m = df.attrs["metrics"][run_id]
         return "/".join(f"{m[f'val_{k}']:.3f}" if f"val_{k}" in m else "n/a" for k in GAP_PARTS)
 
     print(f"reference {ref_id}: final tgs_map {df.ref_final.iloc[0]:.4f} (flip TTA, tuned threshold)  "

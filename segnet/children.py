@@ -89,16 +89,20 @@ class ParentSpec:
     def path_tag(self) -> str:
         return f"segnet.{self.role}_path_hash"
 
+    @property
+    def hashes(self) -> list[str]:
+        """The values its hash tag may hold: the hash, or the path hash (which versions before the data
+        fingerprint, and hosts without the data, give)."""
+        return list(dict.fromkeys(h for h in (self.hash, self.path_hash) if h))
+
     def filters(self) -> list[str]:
-        """Each search that finds this parent: its hash tag is the hash or the path hash (which versions
-        before the data fingerprint, and hosts without the data, give), or its path hash tag is ours."""
-        hashes = dict.fromkeys(h for h in (self.hash, self.path_hash) if h)
-        return [f"tags.`{self.hash_tag}` = '{h}'" for h in hashes] + (
+        """Each search that finds this parent: its hash tag is one of ``hashes``, or its path hash tag is ours."""
+        return [f"tags.`{self.hash_tag}` = '{h}'" for h in self.hashes] + (
             [f"tags.`{self.path_tag}` = '{self.path_hash}'"] if self.path_hash else [])
 
     def is_mine(self, tags: dict) -> bool:
         """Whether a parent run with these tags is this one (what ``filters`` find)."""
-        return tags.get(self.hash_tag) in {h for h in (self.hash, self.path_hash) if h} or bool(
+        return tags.get(self.hash_tag) in self.hashes or bool(
             self.path_hash and tags.get(self.path_tag) == self.path_hash)
 
 

@@ -293,6 +293,7 @@ def _gap_bars(ax, y, score: np.ndarray, parts: dict[str, np.ndarray], labels: Se
 def plot_score_gaps(scores, path: str | Path | None = None, title: str | None = None) -> Figure:
     """Where the score is lost (``segmentation.score_gaps``) and the mean score by salt-coverage class
     (empty, then ceil(coverage*10): the classes the folds are stratified by), with the image counts."""
+    from segnet.data.folds import coverage_class
     from segnet.metrics.segmentation import GAP_PARTS, score_gaps
 
     gaps = score_gaps(scores)
@@ -302,7 +303,7 @@ def plot_score_gaps(scores, path: str | Path | None = None, title: str | None = 
     _gap_bars(axes[0], np.array([0.0]), np.array([tgs.mean() if len(tgs) else np.nan]),
               {k: np.array([gaps[k]]) for k in GAP_PARTS}, ["this model"])
     axes[0].set_title(f"where the score is lost ({len(tgs)} images)")
-    cls = np.ceil(scores["coverage"].to_numpy(float) * 10).astype(int)
+    cls = coverage_class(scores["coverage"])
     names = ["empty"] + [f"{10 * (k - 1)}-{10 * k}%" for k in range(1, 11)]
     count = np.array([(cls == k).sum() for k in range(11)])
     mean = np.array([tgs[cls == k].mean() if count[k] else np.nan for k in range(11)])
@@ -323,13 +324,13 @@ def plot_score_gaps(scores, path: str | Path | None = None, title: str | None = 
 def plot_ablation_gaps(summary_df, path: str | Path | None = None, title: str | None = None) -> Figure:
     """Per variant, its mean final score and the mean lost parts (``segmentation.score_gaps``) over its
     replicates, as stacked bars: which kind of error each decoder or component trades."""
+    from segnet.metrics.segmentation import GAP_PARTS
+
     df = summary_df.reset_index(drop=True)
     fcol = "final_mean" if "final_mean" in df.columns else "tgs_map_tuned_mean"
     names = df["variant"].astype(str).tolist()
     fig, ax = plt.subplots(figsize=(11, 1.6 + 0.5 * len(names)), constrained_layout=True)
     y = np.arange(len(names))[::-1].astype(float)
-    from segnet.metrics.segmentation import GAP_PARTS
-
     _gap_bars(ax, y, _col(df, fcol), {k: _col(df, f"{k}_mean") for k in GAP_PARTS}, names)
     ax.set_title(title or "Where each variant loses its final score (mean over replicates)")
     return _finish(fig, path)

@@ -299,6 +299,8 @@ def test_plot_score_gaps(tmp_path):
     heights = _heights(cls_ax)
     np.testing.assert_allclose(heights[[0, 1, 3, 6]], [0.5, 0.5, 0.0, 0.8])
     assert [t.get_text() for t in cls_ax.texts][:2] == ["n=2", "n=1"]
+    # 30 % salt is class 3 (20-30 %), as the folds classify it (data.folds.coverage_class), none in 30-40 %
+    assert [t.get_text() for t in cls_ax.texts][3:5] == ["n=1", "n=0"]
     assert _png_ok(plots.save(fig, tmp_path / "g.png"))
 
 

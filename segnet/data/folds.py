@@ -23,8 +23,10 @@ COLUMNS = ["id", "coverage", "coverage_class", "fold"]
 
 
 def coverage_of(masks: np.ndarray) -> np.ndarray:
-    """Salt fraction per mask, (N,) float64."""
+    """Salt fraction per mask, (N,) float64 (empty for no masks)."""
     m = np.asarray(masks)
+    if len(m) == 0:
+        return np.zeros(0)
     return (m.reshape(len(m), -1) > 0).mean(axis=1)
 
 

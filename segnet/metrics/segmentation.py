@@ -213,16 +213,16 @@ def score_table(ids: Sequence[str], truth: np.ndarray, pred: np.ndarray):
     val_scores.csv): ``coverage`` and ``pred_coverage`` are the salt shares of the truth and the prediction."""
     import pandas as pd
 
+    from segnet.data.folds import coverage_of
+
     truth, pred = _pair(truth, pred)
     inter, union = intersection_union(truth, pred)
     ids = [str(i) for i in ids]
     if len(ids) != len(inter):
         raise ValueError(f"{len(ids)} ids for {len(inter)} images")
-    pixels = truth[0].size if len(truth) else 1
     return pd.DataFrame(
         {"id": ids, "iou": _iou_from_counts(inter, union), "tgs": _tgs_from_counts(inter, union),
-         "coverage": np.count_nonzero(truth, axis=(1, 2)) / pixels,
-         "pred_coverage": np.count_nonzero(pred, axis=(1, 2)) / pixels}
+         "coverage": coverage_of(truth), "pred_coverage": coverage_of(pred)}
     )
 
 
