@@ -32,6 +32,9 @@ LEVERS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 VERBOSE ?=
+# Test processes at once (pytest-xdist): `logical` = one per CPU, at most 4; 0 runs the suite in this process.
+TEST_JOBS ?= logical
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),-p no:xdist,-n $(TEST_JOBS) --maxprocesses 4 --dist loadscope)
 
 # Overrides assembled from the knobs above (empty knobs add nothing).
 OVR := $(if $(DECODER),model.decoder=$(DECODER)) $(if $(EPOCHS),train.epochs=$(EPOCHS)) \
@@ -58,11 +61,11 @@ install: $(STAMP) ## create .venv and install segnet with its dev tools and Ray 
 data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist, else explain how and generate data/synthetic
 	$(PY) -m segnet data get
 
-test: $(STAMP) ## run the fast test suite (tiny synthetic inputs; ~25-35 min on 2 CPU cores: most tests run segnet as separate processes)
-	$(PY) -m pytest -q --durations=20
+test: $(STAMP) ## run the fast test suite on tiny synthetic inputs, a test process per CPU (TEST_JOBS=0: one)
+	$(PYTEST) --durations=20
 
 test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)
-	$(PY) -m pytest -q -m ''
+	$(PYTEST) -m ''
 
 gpu-check: $(STAMP) ## the GPU check: mixed_float16 and XLA on every decoder and custom layer, MirroredStrategy, GPU throughput (skips without a GPU)
 	$(PY) -m pytest -q -m gpu -rs -s tests/test_gpu.py

@@ -157,6 +157,7 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # ~100 s: a Ray worker killed mid-training, then a stop, then a rerun (make test-all)
 def test_dead_worker_and_stop_end_the_child_killed_and_the_rerun_resumes_it(tiny_synth, server, tmp_path):
     """1. The child's Ray worker is SIGKILLed mid-training: exit 2 naming the child, its run KILLED.
     2. The rerun resumes that run; SIGTERM to the parent cancels the task: exit 143 soon, the run KILLED.

@@ -34,6 +34,7 @@ def _finish(proc, timeout: float = 300) -> str:
     return out
 
 
+@pytest.mark.slow  # ~45 s of three concurrent trainings (make test-all)
 def test_three_trainings_at_once_on_a_new_store(tiny_synth, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
     procs = [spawn(["train", *tiny_overrides(tiny_synth, epochs=1), f"train.seed={s}"], tmp_path) for s in range(3)]
@@ -141,7 +142,8 @@ def _ablation_file(tmp_path, data_dir) -> str:
     return str(f)
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to its pid", "Ctrl-C to its process group"])
+@pytest.mark.parametrize("how", [pytest.param("SIGTERM to its pid", marks=pytest.mark.slow),  # make test-all
+                                 "Ctrl-C to its process group"])
 def test_signal_stops_ablate_and_every_child(how, tiny_synth, tmp_path):
     abl = _ablation_file(tmp_path, tiny_synth)
     proc = spawn(["ablate", "--config", abl, "--jobs", "2"], tmp_path, new_group=True)

@@ -117,6 +117,7 @@ def test_failed_run_ends_failed(tiny_synth, store, monkeypatch):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+@pytest.mark.slow  # ~30 s; `make gpu-check` runs MirroredStrategy on real devices (make test-all)
 def test_mirrored_strategy_on_two_logical_cpus(tiny_synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = f"""

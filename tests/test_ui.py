@@ -135,7 +135,8 @@ def _cleanup(proc: subprocess.Popen, started: dict[int, str]):
 _MLFLOW_NOISE = ("INFO", "Uvicorn", "uvicorn", "Registry store", "Security middleware", "Warning")
 
 
-@pytest.mark.parametrize("how, verbose", [("sigterm", False), ("sigint_to_group", True)])
+@pytest.mark.parametrize("how, verbose", [pytest.param("sigterm", False, marks=pytest.mark.slow),  # make test-all
+                                          ("sigint_to_group", True)])
 def test_ui_serves_then_stops_everything(tmp_path, how, verbose):
     port = free_port()
     proc = _segnet_ui(tmp_path, port, *(["--verbose"] if verbose else []))
