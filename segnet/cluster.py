@@ -226,6 +226,13 @@ class RayRunner:
             what = f"join the Ray cluster at {address}" if address else "start a Ray cluster on this machine"
             why = " ".join(f"{e} {e.__cause__ or ''}".split())  # e.g. the cluster's token missing: the cause says so
             raise SegnetError(f"--backend ray: cannot {what} ({why[:400]})") from None
+        except SystemExit as e:  # a SIGTERM while ray.init's own handler was in place: it exits 15
+            if e.code != signal.SIGTERM or not callable(handler):
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # the processes of a cluster it was starting
+            handler(signal.SIGTERM, None)  # segnet's (raises Terminated): the command ends as on any SIGTERM
+            raise
         finally:
             if threading.current_thread() is threading.main_thread() and handler is not None:
                 signal.signal(signal.SIGTERM, handler)

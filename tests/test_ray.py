@@ -293,3 +293,34 @@ def test_cluster_keys_default_validate_and_leave_the_child_unchanged(tiny_synth,
     p = plan(_ablation_file(tmp_path, tiny_synth, VARIANTS, epochs=1))
     c = p.children[0]
     assert portable_argv(c, p.profile, "P", "segnet.ablation_id")[1:] == child_command(c, p.profile, "P")[1:]
+
+
+def test_sigterm_while_ray_init_has_its_own_handler_ends_like_any_sigterm(tmp_path, monkeypatch):
+    """ray.init puts a handler of its own in place (`sys.exit(signum)`, exit 15); a SIGTERM that lands then
+    becomes segnet's Terminated (exit 143, runs end KILLED), the half-started cluster is shut down, and
+    segnet's handler is back in place."""
+    import types
+
+    from segnet import errors
+    from segnet.cluster import RayRunner
+    from segnet.errors import Terminated, raise_on_sigterm
+
+    monkeypatch.setattr(errors, "_stop_signal", None)  # the process's first stop signal: this test's own
+    calls = []
+
+    def init(**kwargs):  # what ray.init does on the driver: its handler, then the signal arrives
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        calls.append("init returned")
+
+    fake = types.SimpleNamespace(init=init, shutdown=lambda: calls.append("shutdown"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    before = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        with pytest.raises(Terminated):
+            RayRunner.connect(None, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert calls == ["shutdown"]
+        assert signal.getsignal(signal.SIGTERM) is raise_on_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, before)
