@@ -64,7 +64,7 @@ data: $(STAMP) ## get the real TGS data with the Kaggle CLI if credentials exist
 test: $(STAMP) ## run the fast test suite on tiny synthetic inputs, a test process per CPU (TEST_JOBS=0: one)
 	$(PYTEST) --durations=20
 
-test-all: $(STAMP) ## run every test, including the slow ones (real training, real data)
+test-all: $(STAMP) ## run every test, including the slow ones (real training, real data, stress tests of signals and Ray)
 	$(PYTEST) -m ''
 
 gpu-check: $(STAMP) ## the GPU check: mixed_float16 and XLA on every decoder and custom layer, MirroredStrategy, GPU throughput (skips without a GPU)

@@ -229,8 +229,7 @@ class RayRunner:
         except SystemExit as e:  # a SIGTERM while ray.init's own handler was in place: it exits 15
             if e.code != signal.SIGTERM or not callable(handler):
                 raise
-            with contextlib.suppress(Exception):
-                ray.shutdown()  # the processes of a cluster it was starting
+            cls(ray, address, uri).close()  # the processes of a cluster it was starting
             handler(signal.SIGTERM, None)  # segnet's (raises Terminated): the command ends as on any SIGTERM
             raise
         finally:
