@@ -174,7 +174,7 @@ def ray_head(cpus: int = 2, timeout: float = 120) -> Iterator[str]:
     """A real Ray cluster of one node on this machine (`ray start --head --block`, ``cpus`` CPUs, no GPU, no
     dashboard, free ports, its own temp folder), in its own session; yields its address (``127.0.0.1:PORT``)
     and stops the whole process group (GCS, raylet, workers) afterwards. A driver joining it needs
-    ``RAY_AUTH_MODE=token`` (the head made the token in ~/.ray)."""
+    ``RAY_AUTH_MODE=token`` and the token in ~/.ray (``_ray_token_env`` makes it when there is none)."""
     import shutil
     import tempfile
 
@@ -186,7 +186,8 @@ def ray_head(cpus: int = 2, timeout: float = 120) -> Iterator[str]:
                              "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", tmp,
                              "--ray-client-server-port", ports[0], "--dashboard-port", ports[1],
                              "--dashboard-agent-listen-port", ports[2]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=_ray_token_env())
     try:
         deadline = time.time() + timeout
         while not list(Path(tmp).glob("session_*/logs/raylet.out")):
@@ -205,6 +206,20 @@ def ray_head(cpus: int = 2, timeout: float = 120) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_token_env() -> dict:
+    """The environment of a token-authenticated Ray head, as README "Scaling out" describes (Ray 2.60 and
+    later). ``ray start --head`` with ``RAY_AUTH_MODE=token`` exits when there is no token yet (a machine
+    where Ray never ran, as CI's), so the token is made first, as Ray's own message says:
+    ``ray get-auth-token --generate`` (``~/.ray/auth_token``; kept if there is one)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray._private.authentication") is None:
+        return dict(os.environ)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    return {**os.environ, "RAY_AUTH_MODE": "token"}
 
 
 @contextlib.contextmanager

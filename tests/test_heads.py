@@ -96,8 +96,8 @@ def test_tune_gate_picks_the_threshold_that_maximises_the_score():
     Salt probabilities 0.9, 0.7 (salt) and 0.3, 0.6 (empty): gating below 0.61..0.70 keeps both true
     masks and empties both empty images (score 1.0); the lowest such grid threshold is 0.61."""
 
-    class Fixed:
-        def predict(self, x, batch_size=None, verbose=0):
+    class Fixed:  # called as segnet calls a Keras model in inference (segnet.models.predict.forward)
+        def __call__(self, x, training=False):
             mask = np.full((4, 101, 101, 1), 5.0, np.float32)
             salt = np.log(np.array([[0.9], [0.7], [0.3], [0.6]]) / (1 - np.array([[0.9], [0.7], [0.3], [0.6]])))
             return {"mask": mask, "salt": salt.astype(np.float32)}

@@ -49,7 +49,7 @@ def test_an_ensemble_of_six_models_predicts_without_tensorflow_retracing_warning
 
 
 def test_forward_equals_keras_predict_for_one_and_several_outputs_and_partial_batches():
-    from segnet.inference import forward
+    from segnet.models.predict import forward
 
     x = np.random.default_rng(1).random((13, 16, 16, 1), dtype=np.float32)
     one = _tiny(0)

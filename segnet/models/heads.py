@@ -168,8 +168,8 @@ def _has_salt(y_true):
 # -- the gate's threshold -------------------------------------------------------------------------------------
 def salt_probabilities(model, images_net: np.ndarray, batch_size: int) -> np.ndarray:
     """(N,) the classifier's salt probability per image."""
-    from segnet.inference import forward
     from segnet.metrics.segmentation import sigmoid
+    from segnet.models.predict import forward
 
     out = forward(model, images_net, batch_size)
     return sigmoid(np.asarray(out[SALT_OUTPUT], dtype=np.float32)[:, 0])
@@ -194,8 +194,8 @@ def tune_gate(model, images_net: np.ndarray, masks: np.ndarray, resize_mode: str
     lowest best one wins. ``masks``: (N,101,101,1) truth. Returns the metrics to log.
     """
     from segnet.data.pipeline import from_network
-    from segnet.inference import forward
     from segnet.metrics.segmentation import sigmoid, tgs_scores
+    from segnet.models.predict import forward
 
     out = forward(model, images_net, batch_size)
     salt = sigmoid(np.asarray(out[SALT_OUTPUT], dtype=np.float32)[:, 0])
