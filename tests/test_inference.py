@@ -19,16 +19,7 @@ def _tiny(seed: int, two_outputs: bool = False):
     return keras.Model(x, {"logits": logits, "salt": salt})
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def test_an_ensemble_of_six_models_predicts_without_tensorflow_retracing_warnings():
+def test_an_ensemble_of_six_models_predicts_without_tensorflow_retracing_warnings(caplog):
     # keras' model.predict traces one tf.function per model from the same code, and TensorFlow warns
     # "triggered tf.function retracing" on the user's terminal once 5 such traces pile up (seen with the
     # 5 fold models of a real `segnet predict --run-id <cv run>`); a last, smaller chunk traced again.
@@ -37,14 +28,9 @@ def test_an_ensemble_of_six_models_predicts_without_tensorflow_retracing_warning
     models = [_tiny(s) for s in range(6)]
     images = np.random.default_rng(0).random((45, 101, 101, 1), dtype=np.float32)
     ens = EnsemblePredictor([Predictor(m, 16, "resize", tta=True, batch_size=8, chunk=20) for m in models])
-    records = _Records()
-    tf_logger = logging.getLogger("tensorflow")
-    tf_logger.addHandler(records)
-    try:
+    with caplog.at_level(logging.DEBUG, logger="tensorflow"):
         logits = ens.logits(images)
-    finally:
-        tf_logger.removeHandler(records)
-    assert not [m for m in records.messages if "retracing" in m], records.messages
+    assert not [m for m in caplog.messages if "retracing" in m], caplog.messages
     assert logits.shape == (45, 101, 101) and np.isfinite(logits).all()
 
 
