@@ -166,15 +166,6 @@ def _has_salt(y_true):
 
 
 # -- the gate's threshold -------------------------------------------------------------------------------------
-def salt_probabilities(model, images_net: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N,) the classifier's salt probability per image."""
-    from segnet.metrics.segmentation import sigmoid
-    from segnet.models.predict import forward
-
-    out = forward(model, images_net, batch_size)
-    return sigmoid(np.asarray(out[SALT_OUTPUT], dtype=np.float32)[:, 0])
-
-
 def set_gate_threshold(model, threshold: float) -> None:
     model.get_layer(GATE_OUTPUT).threshold.assign(float(threshold))
 
