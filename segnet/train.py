@@ -647,7 +647,8 @@ def _tune_gate(fit: _Fit, model, path: Path) -> dict:
     atomic_write(path, model.save)
     log(f"empty-mask gate: threshold {gate['gate_threshold']:.2f} empties {gate['gate_emptied']:.1%} of validation "
         f"images ({gate['gate_false_empty']:.1%} wrongly); tgs_map {gate['val_tgs_map_ungated']:.4f} ungated -> "
-        f"{gate['val_tgs_map_gated']:.4f} gated (threshold 0.5)")
+        f"{gate['val_tgs_map_gated']:.4f} gated (threshold 0.5); a perfect gate {gate['val_tgs_map_perfect_gate']:.4f} "
+        f"(classifier AUC {gate['gate_auc']:.3f})")
     return gate
 
 

@@ -13,6 +13,7 @@ import yaml
 from segnet import paths
 from segnet.ablate import SUMMARY_METRICS, plan, summary_markdown
 from segnet.cli import main as cli_main
+from segnet.config import load_config
 from segnet.errors import ConfigError
 from segnet.models.decoders import DECODERS
 
@@ -47,6 +48,20 @@ def test_components_ablation_switches_one_component_per_variant():
     for c in others:
         diff = {k for k, v in c.cfg.flat().items() if k != "tracking.variant" and base[k] != v}
         assert diff == set(spec[c.variant]), (c.variant, diff)
+
+
+def test_decoders_on_the_strong_model_use_tgs_best():
+    """configs/ablation/decoders_best.yaml: transposed k3, upsampling bilinear and maxunpool, each on
+    configs/tgs_best.yaml as it is apart from its decoder, on one split."""
+    p = plan(paths.CONFIGS / "ablation" / "decoders_best.yaml")
+    assert p.profile.name == "tgs_best.yaml"
+    assert [(c.cfg.model.decoder, c.cfg.decoder.get("kernel_size") or c.cfg.decoder.get("interpolation")) for c in p.children] == [
+        ("transposed", 3), ("upsampling", "bilinear"), ("maxunpool", None)]
+    best = load_config(paths.CONFIGS / "tgs_best.yaml").flat()
+    for c in p.children:
+        diff = {k for k, v in c.cfg.flat().items() if k != "tracking.variant" and best[k] != v}
+        assert diff <= {"model.decoder", "decoder.kernel_size", "decoder.interpolation"}, (c.variant, diff)
+        assert c.cfg.model.deep_supervision
 
 
 @pytest.mark.parametrize("spec, culprit", [

@@ -114,7 +114,35 @@ def test_tune_gate_picks_the_threshold_that_maximises_the_score():
     assert got["gate_threshold"] == pytest.approx(0.61)
     assert got["val_tgs_map_gated"] == 1.0 and got["val_tgs_map_ungated"] == 0.5
     assert got["gate_emptied"] == 0.5 and got["gate_false_empty"] == 0.0
+    assert got["gate_auc"] == 1.0 and got["val_tgs_map_perfect_gate"] == 1.0
     assert float(model.gate.threshold.numpy()) == pytest.approx(0.61)
+
+
+def test_the_gate_logs_what_a_perfect_classifier_would_score():
+    """The mask head finds salt image 0, misses salt image 1 and draws salt on both empty images; the
+    classifier ranks empty image 3 above salt image 0 (AUC 3/4). A perfect gate would score 0.75 (empty
+    images emptied, salt images as drawn); the best threshold (0.11: empties image 2 only) scores 0.5."""
+
+    class Fixed:
+        def __call__(self, x, training=False):
+            mask = np.full((4, 101, 101, 1), 5.0, np.float32)
+            mask[1] = -5.0  # salt image 1 missed
+            p = np.array([[0.35], [0.8], [0.105], [0.4]])
+            return {"mask": mask, "salt": np.log(p / (1 - p)).astype(np.float32)}
+
+        def get_layer(self, name):
+            return self.gate
+
+    model = Fixed()
+    model.gate = EmptyGate()
+    model.gate.build(None)
+    truth = np.zeros((4, 101, 101, 1), np.float32)
+    truth[:2] = 1.0
+    got = heads.tune_gate(model, np.zeros((4, 101, 101, 1), np.float32), truth, "resize", 4)
+    assert got["gate_auc"] == pytest.approx(0.75)
+    assert got["val_tgs_map_perfect_gate"] == pytest.approx(0.75)
+    assert got["val_tgs_map_gated"] == pytest.approx(0.5) and got["gate_threshold"] == pytest.approx(0.11)
+    assert np.isnan(heads.salt_auc(np.array([0.2, 0.9]), np.array([True, True])))
 
 
 def test_a_compiled_model_with_every_head_reloads_in_a_fresh_process(tmp_path):
@@ -156,8 +184,8 @@ def test_train_with_every_component_then_predict_evaluate_and_pyfunc_agree(tiny_
     (run_id,) = run_statuses(tmp_path)
     client = MlflowClient(store_uri(tmp_path))
     metrics, params = client.get_run(run_id).data.metrics, client.get_run(run_id).data.params
-    for key in ("gate_threshold", "val_tgs_map_ungated", "val_tgs_map_gated", "gate_emptied",
-                "snapshot0_gate_threshold", "snapshot1_gate_threshold"):
+    for key in ("gate_threshold", "val_tgs_map_ungated", "val_tgs_map_gated", "gate_emptied", "gate_auc",
+                "val_tgs_map_perfect_gate", "snapshot0_gate_threshold", "snapshot1_gate_threshold"):
         assert key in metrics, key
     assert metrics["snapshots"] == 2
     assert params["model.deep_supervision"] == "True" and params["model.encoder"] == "resnet"

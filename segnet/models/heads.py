@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 
 MASK_WEIGHT, AUX_WEIGHT, SALT_WEIGHT = 1.0, 0.1, 0.05
 """Loss weights under deep supervision: the main mask, each auxiliary stage, the salt classifier."""
@@ -202,7 +203,20 @@ def tune_gate(model, images_net: np.ndarray, masks: np.ndarray, resize_mode: str
         "gate_threshold": float(grid[best]),
         "val_tgs_map_ungated": float(kept.mean()),
         "val_tgs_map_gated": float(scores[best]),
+        "val_tgs_map_perfect_gate": float(np.where(empty, 1.0, kept).mean()),  # the gate's cost: this minus gated
         "gate_accuracy": float(((salt >= grid[best]) == ~empty).mean()),
+        "gate_auc": salt_auc(salt, ~empty),
         "gate_emptied": float(gated.mean()),
         "gate_false_empty": float((gated & ~empty).mean()),
     }
+
+
+def salt_auc(salt: np.ndarray, has_salt: np.ndarray) -> float:
+    """ROC AUC of the classifier's salt probabilities (the chance that a salt image outranks an empty one,
+    ties counted half; Mann-Whitney); NaN when every image is of one kind."""
+    has_salt = np.asarray(has_salt, bool)
+    n_pos, n_neg = int(has_salt.sum()), int((~has_salt).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = pd.Series(np.asarray(salt, np.float64)).rank(method="average").to_numpy()
+    return float((ranks[has_salt].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
