@@ -29,10 +29,13 @@ IMG_SIZE = 101
 
 def predict_logits(model, images_net: np.ndarray, batch_size: int, tta: bool = False) -> np.ndarray:
     """Logits at network resolution; with ``tta`` the mean of the plain and the flipped prediction.
-    A deep-supervision model's gated ``logits`` output (its other outputs are for training)."""
-    from segnet.models.heads import mask_logits
+    A deep-supervision model's gated ``logits`` output (its other outputs are for training); with ``tta``
+    its gate decides on the mean of the two views' salt logits (``heads.gated_logits``)."""
+    from segnet.models.heads import gated_logits, is_supervised, mask_logits
     from segnet.models.predict import forward
 
+    if tta and is_supervised(model):
+        return gated_logits(model, images_net, batch_size, tta=True)
     z = np.asarray(mask_logits(forward(model, images_net, batch_size)), dtype=np.float32)
     if tta:
         zf = np.asarray(mask_logits(forward(model, images_net[:, :, ::-1], batch_size)), dtype=np.float32)

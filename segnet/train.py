@@ -643,12 +643,13 @@ def _tune_gate(fit: _Fit, model, path: Path) -> dict:
 
     if not heads.is_supervised(model):
         return {}
-    gate = heads.tune_gate(model, fit.val_images_net, fit.val_masks, fit.cfg.data.resize_mode, fit.cfg.train.batch_size)
+    gate = heads.tune_gate(model, fit.val_images_net, fit.val_masks, fit.cfg.data.resize_mode, fit.cfg.train.batch_size,
+                           tta=fit.cfg.eval.tta)
     atomic_write(path, model.save)
     log(f"empty-mask gate: threshold {gate['gate_threshold']:.2f} empties {gate['gate_emptied']:.1%} of validation "
         f"images ({gate['gate_false_empty']:.1%} wrongly); tgs_map {gate['val_tgs_map_ungated']:.4f} ungated -> "
-        f"{gate['val_tgs_map_gated']:.4f} gated (threshold 0.5); a perfect gate {gate['val_tgs_map_perfect_gate']:.4f} "
-        f"(classifier AUC {gate['gate_auc']:.3f})")
+        f"{gate['val_tgs_map_gated']:.4f} gated (threshold 0.5{', flip TTA' if fit.cfg.eval.tta else ''}); "
+        f"a perfect gate {gate['val_tgs_map_perfect_gate']:.4f} (classifier AUC {gate['gate_auc']:.3f})")
     return gate
 
 

@@ -145,6 +145,41 @@ def test_the_gate_logs_what_a_perfect_classifier_would_score():
     assert np.isnan(heads.salt_auc(np.array([0.2, 0.9]), np.array([True, True])))
 
 
+def test_flip_tta_gates_on_the_mean_salt_probability():
+    """The classifier is sure of salt in the plain view (p 0.88) and unsure in the flipped one (p 0.27):
+    the mean logit (p 0.62) keeps the mask at gate threshold 0.5, where averaging the two gated outputs
+    emptied it; an image both views call empty stays empty. The gate is tuned on the same TTA views."""
+    from segnet.inference import predict_logits
+
+    class Asymmetric:  # sees salt when the image's left half is bright; draws the image as the mask
+        output_names = ["logits", "mask", "salt"]
+
+        def __call__(self, x, training=False):
+            x = np.asarray(x, np.float32)
+            left = x[:, :, : x.shape[2] // 2].mean(axis=(1, 2, 3))
+            salt = np.where(left > 0.5, 2.0, -1.0)
+            salt = np.where(x.mean(axis=(1, 2, 3)) < 0.01, -4.0, salt)  # a black image: no salt either way
+            mask = (x - 0.5) * 10.0
+            gated = np.where((1 / (1 + np.exp(-salt)) >= 0.5)[:, None, None, None], mask, EmptyGate.EMPTY_LOGIT)
+            return {"logits": gated, "mask": mask, "salt": salt[:, None].astype(np.float32)}
+
+        def get_layer(self, name):
+            return self.gate
+
+    model = Asymmetric()
+    model.gate = EmptyGate(threshold=0.5)
+    model.gate.build(None)
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    images[0, :, :4] = 1.0  # bright left half: salt in the plain view, not in the flipped one
+    z = predict_logits(model, images, 2, tta=True)
+    expected = 0.5 * ((images[0] - 0.5) * 10.0 + ((images[0, :, ::-1] - 0.5) * 10.0)[:, ::-1])
+    np.testing.assert_allclose(z[0], expected)  # kept: the mean of the two views' mask logits
+    assert (z[1] == EmptyGate.EMPTY_LOGIT).all()
+    mask, salt = heads.mask_and_salt(model, images, 2, tta=True)
+    np.testing.assert_allclose(salt, [0.5, -4.0])
+    np.testing.assert_allclose(heads.mask_and_salt(model, images, 2, tta=False)[1], [2.0, -4.0])
+
+
 def test_a_compiled_model_with_every_head_reloads_in_a_fresh_process(tmp_path):
     """What resume does: the checkpoint reloads compiled, its losses registered by importing segnet.models."""
     from segnet.train import compile_model
