@@ -91,23 +91,32 @@ def test_gate_empties_a_mask_when_the_classifier_says_empty_and_leaves_it_otherw
     assert (gate([logits, salt]).numpy()[2] == EmptyGate.EMPTY_LOGIT).all()
 
 
-def test_tune_gate_picks_the_threshold_that_maximises_the_score():
-    """Four images: two with salt (the mask head finds them), two empty where the mask head sees salt.
-    Salt probabilities 0.9, 0.7 (salt) and 0.3, 0.6 (empty): gating below 0.61..0.70 keeps both true
-    masks and empties both empty images (score 1.0); the lowest such grid threshold is 0.61."""
+def _fixed_outputs(mask: np.ndarray, salt_probabilities: list[float]):
+    """A stand-in deep-supervision model, called as segnet calls a Keras model in inference
+    (segnet.models.predict.forward): these ungated mask logits and salt probabilities for any input, and a
+    real EmptyGate (threshold 0.5) as its ``logits`` layer."""
+    p = np.array(salt_probabilities)[:, None]
 
-    class Fixed:  # called as segnet calls a Keras model in inference (segnet.models.predict.forward)
+    class Fixed:
+        gate = EmptyGate()
+
         def __call__(self, x, training=False):
-            mask = np.full((4, 101, 101, 1), 5.0, np.float32)
-            salt = np.log(np.array([[0.9], [0.7], [0.3], [0.6]]) / (1 - np.array([[0.9], [0.7], [0.3], [0.6]])))
-            return {"mask": mask, "salt": salt.astype(np.float32)}
+            return {"mask": mask, "salt": np.log(p / (1 - p)).astype(np.float32)}
 
         def get_layer(self, name):
             return self.gate
 
     model = Fixed()
-    model.gate = EmptyGate()
     model.gate.build(None)
+    return model
+
+
+def test_tune_gate_picks_the_threshold_that_maximises_the_score():
+    """Four images: two with salt (the mask head finds them), two empty where the mask head sees salt.
+    Salt probabilities 0.9, 0.7 (salt) and 0.3, 0.6 (empty): gating below 0.61..0.70 keeps both true
+    masks and empties both empty images (score 1.0); the lowest such grid threshold is 0.61."""
+
+    model = _fixed_outputs(np.full((4, 101, 101, 1), 5.0, np.float32), [0.9, 0.7, 0.3, 0.6])
     truth = np.zeros((4, 101, 101, 1), np.float32)
     truth[:2] = 1.0
     got = heads.tune_gate(model, np.zeros((4, 101, 101, 1), np.float32), truth, "resize", 4)
@@ -123,19 +132,9 @@ def test_the_gate_logs_what_a_perfect_classifier_would_score():
     classifier ranks empty image 3 above salt image 0 (AUC 3/4). A perfect gate would score 0.75 (empty
     images emptied, salt images as drawn); the best threshold (0.11: empties image 2 only) scores 0.5."""
 
-    class Fixed:
-        def __call__(self, x, training=False):
-            mask = np.full((4, 101, 101, 1), 5.0, np.float32)
-            mask[1] = -5.0  # salt image 1 missed
-            p = np.array([[0.35], [0.8], [0.105], [0.4]])
-            return {"mask": mask, "salt": np.log(p / (1 - p)).astype(np.float32)}
-
-        def get_layer(self, name):
-            return self.gate
-
-    model = Fixed()
-    model.gate = EmptyGate()
-    model.gate.build(None)
+    mask = np.full((4, 101, 101, 1), 5.0, np.float32)
+    mask[1] = -5.0  # salt image 1 missed
+    model = _fixed_outputs(mask, [0.35, 0.8, 0.105, 0.4])
     truth = np.zeros((4, 101, 101, 1), np.float32)
     truth[:2] = 1.0
     got = heads.tune_gate(model, np.zeros((4, 101, 101, 1), np.float32), truth, "resize", 4)
