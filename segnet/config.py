@@ -78,6 +78,7 @@ class TrainConfig:
     loss: str = "bce_dice"
     finetune_loss: str = "lovasz_hinge"
     lovasz_epochs: int = 0
+    salt_weight: float = 0.05
     early_stopping: int = 10
     seed: int = 42
     strategy: str = "auto"
@@ -212,7 +213,7 @@ def _data_identity(data_dir) -> str | None:
 # Keys added after configs were first hashed -> their default, left out of Config.hash() at that value.
 _ADDED_KEYS = {"model.scse": False, "model.hypercolumn": False, "model.deep_supervision": False,
                "model.encoder": "unet", "model.encoder_weights": None, "train.finetune_loss": "lovasz_hinge",
-               "train.cycles": 1}
+               "train.cycles": 1, "train.salt_weight": 0.05}
 _RANGES = {
     "data.size": (32, 1024),
     "data.n_folds": (2, 100),
@@ -231,6 +232,7 @@ _RANGES = {
     "train.min_lr": (0.0, 10.0),
     "train.cycles": (1, 100000),
     "train.lovasz_epochs": (0, 100000),
+    "train.salt_weight": (0.0, 100.0),
     "train.early_stopping": (0, 100000),
     "train.seed": (0, 2**32 - 1),  # what numpy's legacy seeding accepts
     "train.threads": (0, 1024),
@@ -398,6 +400,9 @@ def _from_dict(d: dict) -> Config:
     if cfg.train.cycles > cfg.train.epochs:
         raise ConfigError(f"config key 'train.cycles' ({cfg.train.cycles}) must be <= train.epochs "
                           f"({cfg.train.epochs}): every cycle needs an epoch")
+    if cfg.train.salt_weight != TrainConfig.salt_weight and not cfg.model.deep_supervision:
+        raise ConfigError(f"config key 'train.salt_weight' ({cfg.train.salt_weight:g}) needs model.deep_supervision=true: "
+                          "it weighs the loss of the empty-mask classifier, which only deep supervision has")
     if (cfg.train.lovasz_epochs >= cfg.train.epochs and cfg.train.lovasz_epochs
             and cfg.train.loss != cfg.train.finetune_loss):
         raise ConfigError(

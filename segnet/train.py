@@ -392,12 +392,13 @@ def _log_cycles(cfg: Config) -> None:
         log("note: train.early_stopping does not apply with train.schedule=sgdr: every cycle runs to its end")
 
 
-def compile_model(model, optimizer, loss_name: str) -> None:
+def compile_model(model, optimizer, loss_name: str, salt_weight: float | None = None) -> None:
     """Compile with the loss ``loss_name``: alone, or as the mask losses of a deep-supervision model
-    beside its salt classifier's (:func:`segnet.models.heads.compile_losses`)."""
+    beside its salt classifier's, weighted ``salt_weight`` (``train.salt_weight``; None: the default;
+    :func:`segnet.models.heads.compile_losses`)."""
     from segnet.models import heads
 
-    loss, weights = heads.compile_losses(model, loss_name)
+    loss, weights = heads.compile_losses(model, loss_name, salt_weight)
     model.compile(optimizer=optimizer, loss=loss, loss_weights=weights)
 
 
@@ -433,7 +434,7 @@ def _build_or_restore(cfg: Config, run, rdir: Path, spec, strategy, state: Train
             model = build_model(cfg)
             if apply is not None:
                 log(f"encoder weights: {apply(model)} encoder layers loaded from {cfg.model.encoder_weights}")
-            compile_model(model, keras.optimizers.Adam(cfg.train.lr), cfg.train.loss)
+            compile_model(model, keras.optimizers.Adam(cfg.train.lr), cfg.train.loss, cfg.train.salt_weight)
     if state is not None:
         if run is not None:
             _relog_missing_epochs(run, state)
@@ -505,7 +506,7 @@ def _run_epoch(fit: _Fit, state: TrainState, epoch: int) -> bool:
     if heads.loss_name_of(model) != want_loss:
         log(f"epoch {epoch + 1}: fine-tuning with {want_loss}")
         with fit.strategy.scope():
-            compile_model(model, model.optimizer, want_loss)
+            compile_model(model, model.optimizer, want_loss, cfg.train.salt_weight)
     lr = learning_rate(cfg, epoch, state)
     model.optimizer.learning_rate.assign(lr)
 

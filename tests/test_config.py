@@ -52,6 +52,8 @@ def test_overrides_are_typed_and_applied():
         ("data.fold_seed=-1", "data.fold_seed"),
         ("data.synth_seed=-2", "data.synth_seed"),
         ("data.augment.rotate=-5", "data.augment.rotate"),
+        ("train.salt_weight=-0.1", "train.salt_weight"),
+        ("train.salt_weight=0.5", "train.salt_weight"),  # the classifier's weight without deep supervision
     ],
 )
 def test_bad_config_fails_naming_the_key(override, culprit):
@@ -141,6 +143,16 @@ def test_hash_ignores_resume_and_changes_with_the_model():
     a = load_config(None, [])
     assert a.hash() == load_config(None, ["train.resume=true"]).hash()
     assert a.hash() != load_config(None, ["model.filters=8"]).hash()
+
+
+def test_salt_weight_at_its_default_keeps_old_hashes_and_otherwise_changes_them():
+    """train.salt_weight came after the deep-supervision runs: at its default a config hashes as before
+    (resume and ablations find those runs); another weight is another run."""
+    on = load_config(None, ["model.deep_supervision=true"])
+    assert on.train.salt_weight == 0.05
+    assert on.hash() == "5ea74410ea18"  # computed before the key existed; a key added without _ADDED_KEYS breaks it
+    assert load_config("configs/tgs_best.yaml", []).hash() == "c5e5755175ff"
+    assert on.hash() != load_config(None, ["model.deep_supervision=true", "train.salt_weight=0.5"]).hash()
 
 
 def test_hash_counts_a_dataset_folder_by_its_data_not_its_spelling(tmp_path, monkeypatch):

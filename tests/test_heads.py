@@ -69,6 +69,14 @@ def test_gradients_reach_every_head():
         assert g is not None and float(tf.reduce_max(tf.abs(g))) > 0, head
 
 
+def test_salt_weight_weighs_the_classifier_loss_and_nothing_else():
+    model = build_model(_cfg("model.deep_supervision=true"))
+    _, default = heads.compile_losses(model, "bce_dice")
+    _, heavier = heads.compile_losses(model, "bce_dice", 0.5)
+    assert default["salt"] == heads.SALT_WEIGHT == 0.05 and heavier["salt"] == 0.5
+    assert {k: v for k, v in heavier.items() if k != "salt"} == {k: v for k, v in default.items() if k != "salt"}
+
+
 def test_mask_losses_skip_empty_images_and_the_classifier_sees_all():
     y = np.zeros((3, 8, 8, 1), np.float32)
     y[0, 2:5, 2:5] = 1.0

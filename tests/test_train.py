@@ -102,6 +102,27 @@ def test_two_epoch_run_is_complete_in_mlflow(decoder, tiny_synth, store):
     assert np.array_equal(out["mask"], (ref > run.data.metrics["best_threshold"]).astype(np.uint8))
 
 
+def test_salt_weight_reaches_both_compiles_of_a_run(tiny_synth, store, monkeypatch):
+    """train.salt_weight weighs the classifier at the start and again when the fine-tune loss recompiles."""
+    from segnet.models import heads
+    from segnet.train import train
+
+    seen = []
+    compile_losses = heads.compile_losses
+
+    def spy(model, loss_name, salt_weight=None):
+        losses, weights = compile_losses(model, loss_name, salt_weight)
+        seen.append((loss_name, weights["salt"]))
+        return losses, weights
+
+    monkeypatch.setattr(heads, "compile_losses", spy)
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, store), "train.epochs=2", "tracking.log_model=false",
+                             "model.deep_supervision=true", "train.salt_weight=0.5", "train.lovasz_epochs=1",
+                             "train.finetune_loss=lovasz_elu"])
+    train(cfg)
+    assert seen == [("bce_dice", 0.5), ("lovasz_elu", 0.5)]
+
+
 def test_failed_run_ends_failed(tiny_synth, store, monkeypatch):
     from segnet import evaluate
     from segnet.train import train

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 MASK_WEIGHT, AUX_WEIGHT, SALT_WEIGHT = 1.0, 0.1, 0.05
-"""Loss weights under deep supervision: the main mask, each auxiliary stage, the salt classifier."""
+"""Loss weights under deep supervision: the main mask, each auxiliary stage, the salt classifier (the last
+is ``train.salt_weight``'s default)."""
 
 GATE_OUTPUT, MASK_OUTPUT, SALT_OUTPUT = "logits", "mask", "salt"
 
@@ -88,9 +89,10 @@ def mask_logits(out):
 
 
 # -- training -----------------------------------------------------------------------------------------------
-def compile_losses(model, loss_name: str) -> tuple[dict | object, dict | None]:
+def compile_losses(model, loss_name: str, salt_weight: float | None = None) -> tuple[dict | object, dict | None]:
     """``(loss, loss_weights)`` for ``model.compile``: the named loss alone for a plain model; under deep
-    supervision the non-empty-only mask losses (main and aux) and the salt classifier's BCE."""
+    supervision the non-empty-only mask losses (main and aux) and the salt classifier's BCE, weighted
+    ``salt_weight`` (None: :data:`SALT_WEIGHT`)."""
     from segnet.losses import get_loss
 
     base = get_loss(loss_name)
@@ -98,7 +100,7 @@ def compile_losses(model, loss_name: str) -> tuple[dict | object, dict | None]:
         return base, None
     names = [n for n in model.output_names if n.startswith("aux")]
     losses = {MASK_OUTPUT: NonEmptyMaskLoss(loss_name), SALT_OUTPUT: SaltPresenceLoss()}
-    weights = {MASK_OUTPUT: MASK_WEIGHT, SALT_OUTPUT: SALT_WEIGHT}
+    weights = {MASK_OUTPUT: MASK_WEIGHT, SALT_OUTPUT: SALT_WEIGHT if salt_weight is None else float(salt_weight)}
     for n in names:
         losses[n], weights[n] = NonEmptyMaskLoss(loss_name), AUX_WEIGHT
     return losses, weights
