@@ -102,7 +102,7 @@ def test_two_epoch_run_is_complete_in_mlflow(decoder, tiny_synth, store):
     assert np.array_equal(out["mask"], (ref > run.data.metrics["best_threshold"]).astype(np.uint8))
 
 
-def test_salt_weight_reaches_both_compiles_of_a_run(tiny_synth, store, monkeypatch):
+def test_salt_weight_reaches_both_compiles_of_a_run(tiny_synth, store, monkeypatch, tmp_path):
     """train.salt_weight weighs the classifier at the start and again when the fine-tune loss recompiles."""
     from segnet.models import heads
     from segnet.train import train
@@ -119,8 +119,16 @@ def test_salt_weight_reaches_both_compiles_of_a_run(tiny_synth, store, monkeypat
     cfg = load_config(None, [*tiny_overrides(tiny_synth, store), "train.epochs=2", "tracking.log_model=false",
                              "model.deep_supervision=true", "train.salt_weight=0.5", "train.lovasz_epochs=1",
                              "train.finetune_loss=lovasz_elu"])
-    train(cfg)
+    result = train(cfg)
     assert seen == [("bce_dice", 0.5), ("lovasz_elu", 0.5)]
+
+    # README's experiment on the gate (docs/experiments/gate_probe.py) runs on such a run, as a user runs it.
+    out = subprocess.run([sys.executable, str(paths.ROOT / "docs/experiments/gate_probe.py"), result.run_id,
+                          str(tiny_synth)], capture_output=True, text=True, cwd=paths.ROOT, timeout=600,
+                         env={**segnet_env(tmp_path), "MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 6 and rows[1].startswith("| the model's own head"), out.stdout
 
 
 def test_failed_run_ends_failed(tiny_synth, store, monkeypatch):
