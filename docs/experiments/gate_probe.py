@@ -30,13 +30,13 @@ from segnet.metrics.segmentation import sigmoid, tgs_scores
 from segnet.models import heads
 from segnet.runs import load_run
 
-GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
-
 
 def gated_score(p, kept, empty, fit_ix=None, score_ix=None):
+    """The mean score of the ``score_ix`` images behind the gate threshold training would pick on ``fit_ix``
+    (``heads.best_gate``); both default to every image."""
     fit_ix = np.arange(len(p)) if fit_ix is None else fit_ix
     score_ix = fit_ix if score_ix is None else score_ix
-    t = GRID[int(np.argmax([np.where(p[fit_ix] >= t, kept[fit_ix], empty[fit_ix]).mean() for t in GRID]))]
+    t, _ = heads.best_gate(p[fit_ix], kept[fit_ix], empty[fit_ix])
     return float(np.where(p[score_ix] >= t, kept[score_ix], empty[score_ix]).mean())
 
 
@@ -47,10 +47,6 @@ def cross_fitted(p, kept, empty, reps: int = 50) -> float:
         a, b = q[: len(p) // 2], q[len(p) // 2:]
         out += [gated_score(p, kept, empty, a, b), gated_score(p, kept, empty, b, a)]
     return float(np.mean(out))
-
-
-def auc(p, y) -> float:
-    return heads.salt_auc(p, y)
 
 
 def main(run_id: str, data_dir: str) -> None:
@@ -88,13 +84,13 @@ def main(run_id: str, data_dir: str) -> None:
          slice(None)),
     ]:
         clf.fit(xt[:, cols], yt)
-        rows[name] = (auc(clf.predict_proba(xt[:, cols])[:, 1], yt), clf.predict_proba(xv[:, cols])[:, 1])
+        rows[name] = (heads.salt_auc(clf.predict_proba(xt[:, cols])[:, 1], yt), clf.predict_proba(xv[:, cols])[:, 1])
     print(f"run {run_id}: {xt.shape[1]} features, {len(tix)} training images (x2 flips), {len(vix)} validation")
     print("| classifier | training AUC | validation AUC | final tgs_map, gate tuned on validation | cross-fitted |")
     print("|---|---|---|---|---|")
     for name, (train_auc, p) in rows.items():
         tr = "" if train_auc is None else f"{train_auc:.3f}"
-        print(f"| {name} | {tr} | {auc(p, yv):.3f} | {gated_score(p, kept, empty):.4f} | "
+        print(f"| {name} | {tr} | {heads.salt_auc(p, yv):.3f} | {gated_score(p, kept, empty):.4f} | "
               f"{cross_fitted(p, kept, empty):.4f} |")
 
 

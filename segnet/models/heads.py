@@ -220,21 +220,30 @@ def tune_gate(model, images_net: np.ndarray, masks: np.ndarray, resize_mode: str
     truth = masks[..., 0] > 0.5
     kept = tgs_scores(truth, from_network(mask, resize_mode)[..., 0] > 0)
     empty = ~truth.reshape(len(truth), -1).any(axis=1)
-    grid = np.round(np.linspace(0.0, 1.0, 101), 2)
-    scores = np.array([np.where(salt >= t, kept, empty.astype(np.float64)).mean() for t in grid])
-    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
-    set_gate_threshold(model, grid[best])
-    gated = salt < grid[best]
+    threshold, score = best_gate(salt, kept, empty)
+    set_gate_threshold(model, threshold)
+    gated = salt < threshold
     return {
-        "gate_threshold": float(grid[best]),
+        "gate_threshold": threshold,
         "val_tgs_map_ungated": float(kept.mean()),
-        "val_tgs_map_gated": float(scores[best]),
+        "val_tgs_map_gated": score,
         "val_tgs_map_perfect_gate": float(np.where(empty, 1.0, kept).mean()),  # the gate's cost: this minus gated
-        "gate_accuracy": float(((salt >= grid[best]) == ~empty).mean()),
+        "gate_accuracy": float(((salt >= threshold) == ~empty).mean()),
         "gate_auc": salt_auc(salt, ~empty),
         "gate_emptied": float(gated.mean()),
         "gate_false_empty": float((gated & ~empty).mean()),
     }
+
+
+def best_gate(salt: np.ndarray, kept: np.ndarray, empty: np.ndarray) -> tuple[float, float]:
+    """``(threshold, tgs_map)``: the gate threshold of 0.00..1.00 (0: never gate) that maximises the mean
+    per-image score (``kept``, the image's score with its mask, where the salt probability ``salt`` is at
+    least the threshold; else 1 for an ``empty`` image, 0 for a salt image), the lowest best one, and that
+    score."""
+    grid = np.round(np.linspace(0.0, 1.0, 101), 2)
+    scores = np.array([np.where(salt >= t, kept, np.asarray(empty, np.float64)).mean() for t in grid])
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
+    return float(grid[best]), float(scores[best])
 
 
 def salt_auc(salt: np.ndarray, has_salt: np.ndarray) -> float:
